@@ -1,0 +1,1 @@
+"""cvm-index: satellite imagery -> tiles -> embeddings -> FAISS index + tile catalogue."""

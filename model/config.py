@@ -12,6 +12,7 @@ from typing import Any
 
 ARCHS = ("cvm-net-i", "cvm-net-ii")
 PRESETS = ("paper", "cpu")
+INITS = ("original", "kaiming")
 
 # Caffe VGG16 means in BGR order; note 123.6 (not 123.68), as in the original input_data.py.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.6)
@@ -25,6 +26,8 @@ class Preprocessing:
     grd_size:     (height, width) of the ground panorama input in pixels.
     channel_order: "BGR" (the original, Caffe-style) or "RGB".
     mean:         per-channel mean subtracted from 0-255 values, in `channel_order`.
+    std:          per-channel divisor applied after the mean subtraction, in `channel_order`
+                  (1.0 in the original; 255*ImageNet std when torchvision VGG16 weights are used).
     sat_ground_m: ground footprint (metres) of one satellite input the weights were trained on;
                   None when unknown (the paper preset: CVUSA tiles). The indexer uses it as the
                   default tile size.
@@ -35,6 +38,7 @@ class Preprocessing:
     grd_size: tuple[int, int]
     channel_order: str = "BGR"
     mean: tuple[float, float, float] = CAFFE_BGR_MEAN
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     sat_ground_m: float | None = None
     pano_north_col: float = 0.0
 
@@ -46,6 +50,8 @@ class Preprocessing:
         d = dict(d)
         d["grd_size"] = tuple(d["grd_size"])
         d["mean"] = tuple(d["mean"])
+        if "std" in d:
+            d["std"] = tuple(d["std"])
         return cls(**d)
 
 
@@ -62,6 +68,12 @@ class ModelConfig:
     dropout:          dropout after each conv of VGG blocks 4-5 (and CVM-Net-II's transform convs).
     normalize_output: L2-normalise the final descriptor. CVM-Net-I always does; the original
                       CVM-Net-II does not (a switch here).
+    frozen_blocks:    number of leading VGG16 blocks (0-5) whose weights are frozen. The original
+                      freezes blocks 1-3 of its ImageNet-initialised VGG16; a model trained from
+                      scratch must train every block (0).
+    init:             "original" (the authors' initialisers: Xavier convs, FC std 0.005 / bias 0.1)
+                      or "kaiming" (Kaiming convs, unit BatchNorm, zero biases, variance-preserving
+                      FC), which is what learns from scratch.
     """
 
     arch: str
@@ -73,11 +85,19 @@ class ModelConfig:
     out_dim: int = 4096
     dropout: float = 0.2
     normalize_output: bool = True
+    frozen_blocks: int = 3
+    init: str = "original"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        if not 0 <= self.frozen_blocks <= 5:
+            raise ValueError(f"frozen_blocks must be in 0..5, got {self.frozen_blocks}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; expected one of {', '.join(INITS)}")
+        if 512 % self.width_div:
+            raise ValueError(f"width_div must divide 512, got {self.width_div}")
 
     @property
     def feature_dim(self) -> int:
@@ -122,5 +142,8 @@ def preset_config(arch: str, preset: str) -> ModelConfig:
             num_clusters=32,
             out_dim=256,
             normalize_output=True,
+            # Trained from scratch here: no pretrained blocks to freeze, and an init that learns.
+            frozen_blocks=0,
+            init="kaiming",
         )
     raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")

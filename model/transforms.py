@@ -1,0 +1,164 @@
+"""Image loading and the preprocessing that turns images into network input.
+
+Every network input goes through `prepare_satellite`, `prepare_ground` or `prepare_photo`, which
+follow the `Preprocessing` stored with the weights: cv2 INTER_AREA resize (as the original),
+channel order ("BGR" for the original Caffe-style weights), subtraction of the per-channel mean
+and division by `std` on the 0-255 scale, HWC -> CHW float32.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from model.config import Preprocessing
+
+# Refuse anything larger before decoding (a 50 Mpx RGB image is already 150 MB of pixels).
+MAX_PIXELS = 50_000_000
+# Satellite crop augmentation of the original: a centre crop of side c happens when
+# c > int(0.683 * size); for 750 px tiles that is c > 512, the network input size.
+CROP_THRESHOLD = 0.683
+
+
+class ImageLoadError(ValueError):
+    """An image is missing, undecodable, truncated or too large. The message names the source."""
+
+
+def load_image_rgb(src: str | Path | bytes) -> np.ndarray:
+    """Read and fully decode an image file (or its bytes) -> (H, W, 3) uint8 RGB.
+
+    Palette, grey, alpha, CMYK and 16-bit images become 8-bit RGB (alpha is dropped, 16-bit values
+    are scaled by 1/257); the EXIF orientation of photos is applied. Raises ImageLoadError naming
+    the file when it is missing, not an image, truncated, or over MAX_PIXELS (checked from the
+    header, before decoding). Relies on Pillow's default ImageFile.LOAD_TRUNCATED_IMAGES = False.
+    """
+    name = "<image bytes>" if isinstance(src, bytes) else str(src)
+    if not isinstance(src, bytes) and not Path(src).is_file():
+        raise ImageLoadError(f"image file not found: {name}")
+    fp = io.BytesIO(src) if isinstance(src, bytes) else src
+    try:
+        # Image.open reads only the header; Pillow's own bomb check there (an error above about
+        # 179 Mpx) is a backstop to the stricter limit below, applied before any decoding.
+        with Image.open(fp) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise ImageLoadError(f"{name}: {w}x{h} px exceeds the {MAX_PIXELS:,} pixel limit")
+            im.load()  # full decode: a truncated file fails here
+            return _to_rgb_uint8(ImageOps.exif_transpose(im))
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"{name}: image too large ({exc})") from exc
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
+        raise ImageLoadError(f"cannot decode image {name}: {exc}") from exc
+
+
+def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8 RGB."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        # 16-bit grey: scale to 8 bits instead of letting convert("RGB") clip at 255.
+        grey = np.asarray(im, dtype=np.float64) / 257.0
+        grey8 = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+        return np.repeat(grey8[:, :, None], 3, axis=2)
+    if im.mode == "F":
+        grey8 = np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return np.repeat(grey8[:, :, None], 3, axis=2)
+    if im.mode == "P" or im.mode == "PA":
+        im = im.convert("RGBA")  # resolves palette transparency before alpha is dropped
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def _check_rgb(rgb: np.ndarray, what: str) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        shape = getattr(rgb, "shape", None)
+        dtype = getattr(rgb, "dtype", type(rgb).__name__)
+        raise ValueError(f"{what} must be an (H, W, 3) uint8 RGB array, got shape {shape} dtype {dtype}")
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ValueError(f"{what} is empty: shape {rgb.shape}")
+
+
+def _resize_area(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    if rgb.shape[:2] == (height, width):
+        return rgb  # the original feeds native-size panoramas without resampling
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _normalise(rgb: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 in prep's channel order, (x - mean) / std."""
+    if prep.channel_order not in ("BGR", "RGB"):
+        raise ValueError(f"unknown channel_order {prep.channel_order!r}; expected 'BGR' or 'RGB'")
+    x = rgb[:, :, ::-1] if prep.channel_order == "BGR" else rgb
+    mean = np.asarray(prep.mean, dtype=np.float32)
+    std = np.asarray(prep.std, dtype=np.float32)
+    out = (x.astype(np.float32) - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+
+
+def prepare_satellite(rgb: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """(h, w, 3) uint8 RGB satellite crop -> (3, S, S) float32, S = prep.sat_size.
+
+    The whole crop is resized (cv2 INTER_AREA) to S x S, as the original's test path does.
+    """
+    _check_rgb(rgb, "satellite image")
+    return _normalise(_resize_area(rgb, prep.sat_size, prep.sat_size), prep)
+
+
+def prepare_ground(rgb: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """(h, w, 3) uint8 RGB equirectangular panorama -> (3, H, W) float32, (H, W) = prep.grd_size.
+
+    Resized with cv2 INTER_AREA when its size differs (CVUSA panoramas at the paper preset's
+    224x1232 pass through unchanged, as in the original).
+    """
+    _check_rgb(rgb, "ground panorama")
+    height, width = prep.grd_size
+    return _normalise(_resize_area(rgb, height, width), prep)
+
+
+def prepare_photo(rgb: np.ndarray, prep: Preprocessing, fov_deg: float = 90.0) -> torch.Tensor:
+    """(h, w, 3) uint8 RGB perspective photo -> (3, H, W) float32 panorama-shaped input.
+
+    The photo is scaled so that its width spans fov_deg/360 of the panorama width W (height keeps
+    the aspect ratio), centred vertically on the horizon (the middle row H/2, rows beyond the
+    canvas clipped) and placed from column 0: the heading is unknown, so no position is better
+    than another. Every other pixel is 0, i.e. the mean colour after normalisation.
+    """
+    _check_rgb(rgb, "photo")
+    if not 0.0 < fov_deg <= 360.0:
+        raise ValueError(f"fov_deg must be in (0, 360], got {fov_deg}")
+    height, width = prep.grd_size
+    w = max(1, round(width * fov_deg / 360.0))
+    h = max(1, round(w * rgb.shape[0] / rgb.shape[1]))
+    photo = _normalise(_resize_area(rgb, h, w), prep)  # (3, h, w)
+    canvas = torch.zeros(3, height, width)
+    top = height // 2 - h // 2
+    src0, dst0 = max(0, -top), max(0, top)
+    rows = min(h - src0, height - dst0)
+    canvas[:, dst0 : dst0 + rows, :w] = photo[:, src0 : src0 + rows, :]
+    return canvas
+
+
+def augment_satellite(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The original's training augmentation of a square satellite tile (size s):
+
+    1. c ~ U{1..s-2}; if c > int(0.683 s) keep the centred c x c square starting at int((s-c)/2),
+       otherwise the whole tile (for s = 750: c > 512 with p = 236/748);
+    2. rotate counter-clockwise by 90 r degrees, r ~ U{0..4} (identity with p = 0.4, as the
+       original's inclusive randint(0, 4)).
+    The rotation is exact (np.rot90) rather than the original's affine warp about (256, 256),
+    which leaves a 1-pixel black row or column. Returns a new (h, w, 3) uint8 array.
+    """
+    _check_rgb(rgb, "satellite image")
+    size = rgb.shape[0]
+    if rgb.shape[1] != size or size < 3:
+        raise ValueError(f"satellite augmentation needs a square tile of at least 3 px, got {rgb.shape}")
+    c = int(rng.integers(1, size - 1))  # 1 .. size-2 inclusive
+    if c > int(CROP_THRESHOLD * size):
+        start = int((size - c) / 2)
+        rgb = rgb[start : start + c, start : start + c]
+    r = int(rng.integers(0, 5))  # 0 .. 4 inclusive
+    return np.ascontiguousarray(np.rot90(rgb, k=r % 4))

@@ -1,0 +1,57 @@
+"""Inference throughput of each CVM-Net branch (images/s) on this machine's CPU.
+
+    .venv/bin/python scripts/bench_model.py [--arch cvm-net-i] [--preset cpu] [--batch 32]
+                                            [--threads 2] [--repeats 5]
+
+Randomly initialised weights (throughput does not depend on their values), eval mode, no_grad;
+one warm-up batch per branch, then the median of `repeats` timed batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from model.config import ARCHS, PRESETS, preset_config
+from model.cvm_net import build_model
+
+
+def time_branch(fn, x: torch.Tensor, repeats: int) -> float:
+    """Median images/s of `fn(x)` over `repeats` runs after one warm-up."""
+    with torch.no_grad():
+        fn(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+    return x.shape[0] / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=ARCHS, default="cvm-net-i")
+    parser.add_argument("--preset", choices=PRESETS, default="cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = preset_config(args.arch, args.preset)
+    net = build_model(cfg).eval()
+    prep = cfg.preprocessing
+    grd = torch.randn(args.batch, 3, *prep.grd_size) * 50
+    sat = torch.randn(args.batch, 3, prep.sat_size, prep.sat_size) * 50
+    print(f"{args.arch} {args.preset} preset, batch {args.batch}, {torch.get_num_threads()} threads")
+    g = time_branch(net.embed_ground, grd, args.repeats)
+    print(f"ground    {prep.grd_size[0]}x{prep.grd_size[1]}: {g:8.1f} images/s")
+    s = time_branch(net.embed_satellite, sat, args.repeats)
+    print(f"satellite {prep.sat_size}x{prep.sat_size}: {s:8.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Image loading (formats, truncation, bombs) and the prepare_* / augment_satellite transforms."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import model.transforms as transforms
+from model.backbone import torchvision_preprocessing
+from model.config import Preprocessing
+from model.transforms import (
+    ImageLoadError,
+    augment_satellite,
+    load_image_rgb,
+    prepare_ground,
+    prepare_photo,
+    prepare_satellite,
+)
+
+BGR_PREP = Preprocessing(sat_size=2, grd_size=(8, 40))
+COLOUR = (200, 100, 50)  # R, G, B
+# Caffe means are B 103.939, G 116.779, R 123.6; BGR order puts blue first.
+COLOUR_BGR_NORMALISED = (50 - 103.939, 100 - 116.779, 200 - 123.6)
+
+
+def _uniform(h: int, w: int, colour=COLOUR) -> np.ndarray:
+    return np.tile(np.array(colour, dtype=np.uint8), (h, w, 1))
+
+
+def test_load_rgb_jpeg_and_bytes(tmp_path):
+    path = tmp_path / "a.png"
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path)
+    np.testing.assert_array_equal(load_image_rgb(path), rgb)
+    np.testing.assert_array_equal(load_image_rgb(path.read_bytes()), rgb)
+    assert load_image_rgb(str(path)).dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    "mode,value,expected",
+    [
+        ("L", 77, (77, 77, 77)),
+        ("RGBA", (10, 20, 30, 0), (10, 20, 30)),
+        ("CMYK", (0, 0, 0, 0), (255, 255, 255)),
+    ],
+)
+def test_load_converts_modes_to_rgb(tmp_path, mode, value, expected):
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    Image.new(mode, (3, 2), value).save(path)
+    out = load_image_rgb(path)
+    assert out.shape == (2, 3, 3)
+    np.testing.assert_allclose(out[0, 0], expected, atol=1)
+
+
+def test_load_palette_and_16_bit(tmp_path):
+    pal = Image.new("P", (2, 2))
+    pal.putpalette([0, 0, 0, 9, 99, 199] + [0] * 762)
+    pal.putpixel((1, 0), 1)
+    pal.save(tmp_path / "p.png")
+    out = load_image_rgb(tmp_path / "p.png")
+    assert tuple(out[0, 1]) == (9, 99, 199) and tuple(out[0, 0]) == (0, 0, 0)
+    grey16 = np.array([[65535, 25700], [0, 257]], dtype=np.uint16)  # 25700 = 100 * 257
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    out = load_image_rgb(tmp_path / "g16.png")
+    np.testing.assert_array_equal(out[:, :, 0], [[255, 100], [0, 1]])
+    np.testing.assert_array_equal(out[:, :, 2], out[:, :, 0])
+
+
+def test_load_applies_exif_orientation(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.new("RGB", (8, 4), COLOUR).save(tmp_path / "o.jpg", exif=exif)
+    assert load_image_rgb(tmp_path / "o.jpg").shape == (8, 4, 3)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    missing = tmp_path / "missing.jpg"
+    with pytest.raises(ImageLoadError, match=f"not found: {missing}"):
+        load_image_rgb(missing)
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello")
+    with pytest.raises(ImageLoadError, match=f"cannot decode image {text}"):
+        load_image_rgb(text)
+    with pytest.raises(ImageLoadError, match="<image bytes>"):
+        load_image_rgb(b"\x00\x01garbage")
+
+
+def test_load_detects_truncated_jpeg(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    full = tmp_path / "full.jpg"
+    Image.fromarray(rgb).save(full, quality=95)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    assert load_image_rgb(full).shape == (64, 64, 3)
+    with pytest.raises(ImageLoadError, match=f"{cut}.*truncated"):
+        load_image_rgb(cut)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims width x height but that holds no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_load_refuses_image_bomb_before_decoding(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header_only(10_000, 6_000))  # 60 Mpx claimed, nothing to decode
+    with pytest.raises(ImageLoadError, match=f"{bomb}: 10000x6000 px exceeds"):
+        load_image_rgb(bomb)
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header_only(40_000, 40_000))  # beyond Pillow's own bomb limit too
+    with pytest.raises(ImageLoadError, match=str(huge)):
+        load_image_rgb(huge)
+
+
+def test_load_limit_is_the_module_constant(tmp_path, monkeypatch):
+    Image.new("RGB", (20, 20)).save(tmp_path / "s.png")
+    monkeypatch.setattr(transforms, "MAX_PIXELS", 399)
+    with pytest.raises(ImageLoadError, match="20x20 px exceeds"):
+        load_image_rgb(tmp_path / "s.png")
+
+
+def test_prepare_satellite_inter_area_bgr_mean():
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    out = prepare_satellite(rgb, BGR_PREP)
+    # INTER_AREA by an integer factor is the block mean (rounded to uint8)
+    blocks = np.rint(rgb.astype(np.float64).reshape(2, 2, 2, 2, 3).mean(axis=(1, 3)))
+    expected = blocks[:, :, ::-1] - np.array([103.939, 116.779, 123.6])
+    assert out.shape == (3, 2, 2) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), expected.transpose(2, 0, 1), atol=1.001, rtol=0)
+    np.testing.assert_allclose(prepare_satellite(_uniform(6, 6), BGR_PREP)[:, 0, 0], COLOUR_BGR_NORMALISED)
+
+
+def test_prepare_ground_native_size_is_not_resampled():
+    rgb = np.random.default_rng(3).integers(0, 256, (8, 40, 3), dtype=np.uint8)
+    out = prepare_ground(rgb, BGR_PREP)
+    expected = rgb[:, :, ::-1].astype(np.float32) - np.array([103.939, 116.779, 123.6], dtype=np.float32)
+    np.testing.assert_array_equal(out.numpy(), expected.transpose(2, 0, 1))
+    assert prepare_ground(_uniform(16, 80), BGR_PREP).shape == (3, 8, 40)
+
+
+def test_prepare_rgb_std_convention():
+    prep = torchvision_preprocessing(BGR_PREP)
+    out = prepare_ground(_uniform(8, 40), prep)[:, 0, 0]
+    expected = [(200 / 255 - 0.485) / 0.229, (100 / 255 - 0.456) / 0.224, (50 / 255 - 0.406) / 0.225]
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5)
+
+
+def test_prepare_rejects_non_rgb_arrays():
+    with pytest.raises(ValueError, match=r"satellite image must be an \(H, W, 3\) uint8"):
+        prepare_satellite(np.zeros((4, 4), dtype=np.uint8), BGR_PREP)
+    with pytest.raises(ValueError, match="dtype float64"):
+        prepare_ground(np.zeros((4, 4, 3)), BGR_PREP)
+
+
+def test_prepare_photo_places_scaled_photo_at_column_zero_on_horizon():
+    # 40 px canvas, 90 degrees -> 10 px wide; a 10x20 (h x w) photo becomes 5x10, rows 2..6
+    out = prepare_photo(_uniform(10, 20), BGR_PREP, fov_deg=90.0)
+    assert out.shape == (3, 8, 40)
+    filled = torch.zeros(8, 40, dtype=torch.bool)
+    filled[2:7, :10] = True
+    for c in range(3):
+        torch.testing.assert_close(out[c][filled], torch.full((50,), COLOUR_BGR_NORMALISED[c]))
+    assert torch.all(out[:, ~filled] == 0)
+
+
+def test_prepare_photo_clips_tall_photo_and_validates_fov():
+    out = prepare_photo(_uniform(40, 10), BGR_PREP, fov_deg=90.0)  # 10 wide -> 40 tall: clipped
+    assert torch.all(out[:, :, :10] != 0) and torch.all(out[:, :, 10:] == 0)
+    with pytest.raises(ValueError, match="fov_deg"):
+        prepare_photo(_uniform(4, 4), BGR_PREP, fov_deg=0)
+
+
+class _FixedRng:
+    """Stands in for np.random.Generator: returns the queued integers in order."""
+
+    def __init__(self, *values: int) -> None:
+        self.values = list(values)
+
+    def integers(self, low: int, high: int) -> int:
+        value = self.values.pop(0)
+        assert low <= value < high
+        return value
+
+
+def test_augment_satellite_crop_and_rotation_cases():
+    tile = np.random.default_rng(4).integers(0, 256, (750, 750, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(augment_satellite(tile, _FixedRng(512, 0)), tile)  # 512: no crop
+    np.testing.assert_array_equal(augment_satellite(tile, _FixedRng(513, 4)), tile[118:631, 118:631])
+    small = np.zeros((4, 4, 3), dtype=np.uint8)
+    small[0, 3] = 255  # top-right pixel
+    rotated = augment_satellite(small, _FixedRng(1, 1))  # 90 degrees counter-clockwise
+    assert rotated[0, 0, 0] == 255 and rotated.sum() == 3 * 255
+    assert augment_satellite(small, _FixedRng(1, 2))[3, 0, 0] == 255  # 180: bottom-left
+
+
+def test_augment_satellite_probabilities():
+    rng = np.random.default_rng(5)
+    tile = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)  # int(0.683*10)=6: c in {7, 8}
+    crops = identities = 0
+    trials = 4000
+    for _ in range(trials):
+        out = augment_satellite(tile, rng)
+        crops += out.shape[0] < 10
+        identities += out.shape[0] == 10 and np.array_equal(out, tile)
+    assert crops / trials == pytest.approx(2 / 8, abs=0.03)
+    assert identities / (trials - crops) == pytest.approx(0.4, abs=0.03)
+    with pytest.raises(ValueError, match="square tile"):
+        augment_satellite(np.zeros((4, 5, 3), dtype=np.uint8), rng)

@@ -1,0 +1,89 @@
+"""`cvm eval`: ground->satellite retrieval metrics of a checkpoint (and baselines) on a split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from model.baselines import BASELINES, baseline_metrics
+from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from model.data import DatasetError
+from model.evaluate import evaluate_model, open_eval_dataset
+from model.metrics import RetrievalMetrics, format_table
+from model.transforms import ImageLoadError
+from model.weights import default_weights_path
+
+HELP = "evaluate a checkpoint: R@1/5/10, R@1% (both conventions), median rank, location error"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", metavar="PATH", help="checkpoint (default: the shipped weights)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="CVUSA root or synthetic world folder")
+    parser.add_argument("--split", choices=("train", "val"), default="val", help="which split to evaluate")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--queries",
+        choices=("panorama", "photo"),
+        default="panorama",
+        help="ground queries: the panoramas, or a synthetic world's perspective photos",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        action="append",
+        default=[],
+        help="also report a baseline (repeatable)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    weights = Path(args.weights) if args.weights else default_weights_path()
+    loaded = load_checkpoint(weights, device=args.device)
+    dataset = open_eval_dataset(args.data, loaded.config.preprocessing, args.split, args.queries)
+    metrics, skipped = evaluate_model(loaded.model, dataset, args.batch_size, args.workers, args.device)
+    results: dict[str, RetrievalMetrics] = {"model": metrics}
+    for kind in args.baseline:
+        results[kind] = baseline_metrics(kind, dataset, seed=args.seed)
+    return {
+        "weights": str(weights),
+        "weights_sha256": file_sha256(weights),
+        "arch": loaded.config.arch,
+        "preset": loaded.config.preset,
+        "data": str(dataset.root),
+        "split": args.split,
+        "queries": args.queries,
+        "pairs": len(dataset),
+        "missing": len(dataset.missing),
+        "skipped": skipped,
+        "results": results,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = _evaluate(args)
+    except (CheckpointError, DatasetError, ImageLoadError, FileNotFoundError, ValueError) as exc:
+        print(f"cvm eval: error: {exc}", file=sys.stderr)
+        return 2
+    results: dict[str, RetrievalMetrics] = report.pop("results")
+    if args.json:
+        report["results"] = {name: m.to_dict() for name, m in results.items()}
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['arch']} ({report['preset']}) {report['weights']}")
+    print(
+        f"{report['data']} split={report['split']} queries={report['queries']} pairs={report['pairs']}"
+        f" (missing {report['missing']}, unreadable {report['skipped']})"
+    )
+    print(format_table(results))
+    return 0

@@ -1,0 +1,137 @@
+"""Embed a dataset split with a model and compute ground->satellite retrieval metrics.
+
+Used by `cvm eval` and by the training loop's per-epoch validation. Embedding runs batched,
+under `torch.no_grad()` with the model in eval mode (dropout off, BatchNorm statistics fixed);
+the model's previous train/eval mode is restored afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from model.config import Preprocessing
+from model.cvm_net import CVMNet
+from model.data import (
+    CVUSADataset,
+    DatasetError,
+    PairDataset,
+    collate_pairs,
+    is_cvusa_root,
+    read_world_photos,
+    report_failures,
+)
+from model.metrics import RetrievalMetrics, retrieval_metrics
+
+
+@dataclass
+class Embeddings:
+    """Descriptors of the loadable pairs: grd (n, d), sat (n, d) float32, index (n,) int64 into
+    the dataset; `skipped` pairs could not be read."""
+
+    grd: np.ndarray
+    sat: np.ndarray
+    index: np.ndarray
+    skipped: int
+
+
+def resolve_data_root(data: str | Path) -> tuple[Path, Path | None]:
+    """(CVUSA root, synthetic world folder or None) for a `--data` argument.
+
+    A synthetic world folder holds its CVUSA export in `cvusa/`; any other folder must itself be
+    a CVUSA root. Raises DatasetError naming the folder otherwise.
+    """
+    path = Path(data)
+    if not path.is_dir():
+        raise DatasetError(f"data folder not found: {path}")
+    if (path / "cvusa").is_dir() and is_cvusa_root(path / "cvusa"):
+        return path / "cvusa", path
+    if is_cvusa_root(path):
+        return path, None
+    raise DatasetError(f"{path} is neither a CVUSA root (splits/*-19zl.csv) nor a synthetic world (cvusa/)")
+
+
+def open_eval_dataset(
+    data: str | Path, prep: Preprocessing, split: str = "val", queries: str = "panorama"
+) -> CVUSADataset:
+    """The un-augmented split of `data` (see `resolve_data_root`).
+
+    queries: "panorama" (the CVUSA ground images) or "photo" (a synthetic world's perspective
+    photos, from its ground.csv; pairs without a photo keep their panorama).
+    """
+    root, world = resolve_data_root(data)
+    if queries not in ("panorama", "photo"):
+        raise ValueError(f"queries must be 'panorama' or 'photo', got {queries!r}")
+    photos = None
+    if queries == "photo":
+        if world is None:
+            raise DatasetError(
+                f"--queries photo needs a synthetic world folder (with ground.csv), got {data}"
+            )
+        photos = read_world_photos(world)
+    return CVUSADataset(root, split, prep=prep, augment=False, photos=photos)
+
+
+@torch.no_grad()
+def embed_pairs(
+    net: CVMNet,
+    dataset: PairDataset,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> Embeddings:
+    """Descriptors of every loadable pair of `dataset` (unreadable ones are reported and skipped)."""
+    was_training = net.training
+    net.eval()
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_pairs,
+        # A private generator: creating this loader must not consume the global torch RNG,
+        # which the training loop's dropout depends on.
+        generator=torch.Generator(),
+    )
+    grd, sat, index, skipped = [], [], [], 0
+    try:
+        for batch in loader:
+            skipped += report_failures(batch.failures)
+            if len(batch) == 0:
+                continue
+            grd.append(net.embed_ground(batch.grd.to(device)).float().cpu().numpy())
+            sat.append(net.embed_satellite(batch.sat.to(device)).float().cpu().numpy())
+            index.append(batch.index.numpy())
+    finally:
+        net.train(was_training)
+    if not index:
+        raise DatasetError(f"no readable pairs to evaluate ({skipped} skipped)")
+    return Embeddings(np.concatenate(grd), np.concatenate(sat), np.concatenate(index), skipped)
+
+
+def pair_locations(dataset: PairDataset, index: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(query (n, 2), reference (n, 2)) (lat, lon) degrees of the pairs `index`, if known."""
+    if not isinstance(dataset, CVUSADataset):
+        return None, None
+    loc = dataset.locations()
+    if loc is None:
+        return None, None
+    rows = loc[index]
+    return rows[:, 2:4], rows[:, 0:2]
+
+
+def evaluate_model(
+    net: CVMNet,
+    dataset: PairDataset,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[RetrievalMetrics, int]:
+    """Metrics of `net` on `dataset` and the number of skipped (unreadable) pairs."""
+    emb = embed_pairs(net, dataset, batch_size, workers, device)
+    query_loc, ref_loc = pair_locations(dataset, emb.index)
+    return retrieval_metrics(emb.grd, emb.sat, query_loc, ref_loc), emb.skipped

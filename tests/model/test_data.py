@@ -1,0 +1,194 @@
+"""CVUSA / Vo & Hays datasets on tiny generated trees: layouts, bad files, augmentation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from model.config import CAFFE_BGR_MEAN, Preprocessing
+from model.data import (
+    CVUSADataset,
+    DatasetError,
+    SampleFailure,
+    VoHaysDataset,
+    collate_pairs,
+    random_photo_crop,
+    report_failures,
+)
+
+PREP = Preprocessing(sat_size=32, grd_size=(16, 64))
+COLOURS = [(200, 30, 40), (20, 180, 60), (40, 50, 220), (250, 250, 0), (0, 120, 120)]
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    """PNG bytes under the given (.jpg) name: lossless, so pixel values are exact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    assert ok
+    path.write_bytes(buf.tobytes())
+
+
+def _solid(h: int, w: int, rgb: tuple[int, int, int]) -> np.ndarray:
+    return np.tile(np.asarray(rgb, dtype=np.uint8), (h, w, 1))
+
+
+def make_cvusa(root: Path, n: int = 5, doubled: bool = False) -> list[str]:
+    """n solid-colour pairs (pair i in colour i), ids 0000001.., all in train and val."""
+    sat_dir = root / ("bingmap/bingmap/19" if doubled else "bingmap/19")
+    pano_dir = root / ("streetview/streetview/panos" if doubled else "streetview/panos")
+    split_dir = root / ("splits/splits" if doubled else "splits")
+    ids = [f"{i + 1:07d}" for i in range(n)]
+    for i, key in enumerate(ids):
+        _write_png(sat_dir / f"{key}.jpg", _solid(40, 40, COLOURS[i % len(COLOURS)]))
+        _write_png(pano_dir / f"{key}.jpg", _solid(20, 110, COLOURS[i % len(COLOURS)]))
+    lines = "".join(
+        f"bingmap/19/{k}.jpg,streetview/panos/{k}.jpg,streetview/annotations/{k}.png\n" for k in ids
+    )
+    split_dir.mkdir(parents=True, exist_ok=True)
+    (split_dir / "train-19zl.csv").write_text(lines)
+    (split_dir / "val-19zl.csv").write_text(lines)
+    return ids
+
+
+def _expected_bgr(rgb: tuple[int, int, int]) -> list[float]:
+    """Channel values after BGR reordering and Caffe mean subtraction, computed by hand."""
+    b, g, r = rgb[2], rgb[1], rgb[0]
+    return [b - CAFFE_BGR_MEAN[0], g - CAFFE_BGR_MEAN[1], r - CAFFE_BGR_MEAN[2]]
+
+
+@pytest.mark.parametrize("doubled", [False, True])
+def test_cvusa_dataset_reads_both_layouts(tmp_path: Path, doubled: bool) -> None:
+    make_cvusa(tmp_path, n=3, doubled=doubled)
+    ds = CVUSADataset(tmp_path, "val", prep=PREP)
+    assert len(ds) == 3
+    grd, sat, index = ds[1]
+    assert index == 1
+    assert tuple(grd.shape) == (3, 16, 64) and tuple(sat.shape) == (3, 32, 32)
+    expected = torch.tensor(_expected_bgr(COLOURS[1]))
+    assert torch.allclose(sat[:, 5, 7], expected, atol=1e-4)
+    assert torch.allclose(grd[:, 3, 50], expected, atol=1e-4)
+
+
+def test_cvusa_dataset_drops_missing_files_with_warning(tmp_path: Path, caplog) -> None:
+    make_cvusa(tmp_path, n=4)
+    gone = tmp_path / "streetview/panos/0000002.jpg"
+    gone.unlink()
+    with caplog.at_level(logging.WARNING):
+        ds = CVUSADataset(tmp_path, "train", prep=PREP)
+    assert len(ds) == 3
+    assert ds.missing == [gone]
+    assert str(gone) in caplog.text
+    assert [r.key for r in ds.records] == ["0000001", "0000003", "0000004"]
+
+
+def test_corrupt_file_is_skipped_and_reported_once(tmp_path: Path, caplog) -> None:
+    make_cvusa(tmp_path, n=4)
+    bad = tmp_path / "bingmap/19/0000003.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole jpeg")
+    ds = CVUSADataset(tmp_path, "train", prep=PREP)
+    failure = ds[2]
+    assert isinstance(failure, SampleFailure) and failure.path == str(bad)
+    loader = DataLoader(ds, batch_size=4, collate_fn=collate_pairs)
+    batches = list(loader) + list(loader)  # two "epochs"
+    assert [len(b) for b in batches] == [3, 3]
+    assert batches[0].index.tolist() == [0, 1, 3]
+    with caplog.at_level(logging.WARNING):
+        skipped = sum(report_failures(b.failures) for b in batches)
+    assert skipped == 2
+    assert len(caplog.records) == 1 and str(bad) in caplog.records[0].getMessage()
+
+
+def test_collate_of_only_failures_is_empty() -> None:
+    batch = collate_pairs([SampleFailure(0, "a.jpg", "broken"), SampleFailure(1, "b.jpg", "broken")])
+    assert len(batch) == 0 and len(batch.failures) == 2
+
+
+def test_cvusa_locations_follow_ids(tmp_path: Path) -> None:
+    make_cvusa(tmp_path, n=3)
+    (tmp_path / "bingmap/19/0000001.jpg").unlink()
+    loc_dir = tmp_path / "split_locations"
+    loc_dir.mkdir()
+    (loc_dir / "all.csv").write_text("10,20,10.5,20.5,0\n11,21,11.5,21.5,0\n12,22,12.5,22.5,0\n")
+    ds = CVUSADataset(tmp_path, "val", prep=PREP)
+    loc = ds.locations()
+    assert loc is not None
+    assert loc.tolist() == [[11, 21, 11.5, 21.5], [12, 22, 12.5, 22.5]]
+
+
+def test_cvusa_without_locations_file(tmp_path: Path) -> None:
+    make_cvusa(tmp_path, n=2)
+    assert CVUSADataset(tmp_path, "val", prep=PREP).locations() is None
+
+
+def test_cvusa_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not a directory"):
+        CVUSADataset(tmp_path / "nowhere", "val", prep=PREP)
+    with pytest.raises(DatasetError, match="val-19zl.csv"):
+        CVUSADataset(tmp_path, "val", prep=PREP)
+    make_cvusa(tmp_path, n=2)
+    (tmp_path / "splits/val-19zl.csv").write_text("only-one-column.jpg\n")
+    with pytest.raises(DatasetError, match=r"val-19zl.csv:1"):
+        CVUSADataset(tmp_path, "val", prep=PREP)
+    with pytest.raises(DatasetError, match="unknown split"):
+        CVUSADataset(tmp_path, "test", prep=PREP)
+
+
+def test_augmentation_is_a_function_of_seed_epoch_index(tmp_path: Path) -> None:
+    make_cvusa(tmp_path, n=2)
+    # A satellite image that changes under rotation: a horizontal gradient.
+    grad = np.tile(np.linspace(0, 255, 40).astype(np.uint8)[None, :, None], (40, 1, 3))
+    _write_png(tmp_path / "bingmap/19/0000001.jpg", grad)
+    ds = CVUSADataset(tmp_path, "train", prep=PREP, augment=True, seed=7)
+    first = ds[0][1]
+    assert torch.equal(first, CVUSADataset(tmp_path, "train", prep=PREP, augment=True, seed=7)[0][1])
+    variants = set()
+    for epoch in range(12):
+        ds.epoch = epoch
+        variants.add(ds[0][1].numpy().tobytes())
+    assert len(variants) > 1
+
+
+def test_photo_fraction_one_replaces_panorama_by_photo_crop(tmp_path: Path) -> None:
+    make_cvusa(tmp_path, n=2)
+    plain = CVUSADataset(tmp_path, "train", prep=PREP)[0][0]
+    photo = CVUSADataset(tmp_path, "train", prep=PREP, augment=True, photo_fraction=1.0)[0][0]
+    # A 60-90 degree crop covers at most 16 of the 64 columns; the rest is the zero canvas.
+    assert torch.count_nonzero(plain[:, :, -1]) == 3 * 16
+    assert torch.count_nonzero(photo[:, :, 16:]) == 0
+    assert torch.count_nonzero(photo[:, :, 0]) > 0
+
+
+def test_random_photo_crop_wraps_around() -> None:
+    pano = np.zeros((4, 360, 3), dtype=np.uint8)
+    pano[:, :, 0] = (np.arange(360) % 256).astype(np.uint8)
+    pano[:, :, 1] = (np.arange(360) // 256).astype(np.uint8)
+    for seed in range(20):
+        crop, fov = random_photo_crop(pano, np.random.default_rng(seed))
+        cols = crop[0, :, 0].astype(int) + 256 * crop[0, :, 1].astype(int)
+        assert 60.0 <= fov <= 90.0
+        assert crop.shape[1] == round(fov)  # one column per degree here
+        assert np.all(np.diff(cols) % 360 == 1)
+
+
+def test_vo_hays_lists_pair_by_line(tmp_path: Path) -> None:
+    for i in range(3):
+        _write_png(tmp_path / "street" / f"{i}.jpg", _solid(24, 24, COLOURS[i]))
+        _write_png(tmp_path / "over" / f"{i}.jpg", _solid(30, 30, COLOURS[i]))
+    (tmp_path / "train.streetview.txt").write_text("".join(f"street/{i}.jpg {i}\n" for i in range(3)))
+    (tmp_path / "train.overhead.txt").write_text("".join(f"over/{i}.jpg {i}\n" for i in range(3)))
+    ds = VoHaysDataset(tmp_path / "train.streetview.txt", tmp_path / "train.overhead.txt", PREP)
+    assert len(ds) == 3
+    grd, sat, _ = ds[2]
+    expected = torch.tensor(_expected_bgr(COLOURS[2]))
+    assert torch.allclose(sat[:, 0, 0], expected, atol=1e-4)
+    assert torch.allclose(grd[:, 8, 0], expected, atol=1e-4)
+    assert torch.count_nonzero(grd[:, :, 16:]) == 0  # a 90 degree photo spans 16 of 64 columns
+    (tmp_path / "short.txt").write_text("over/0.jpg 0\n")
+    with pytest.raises(DatasetError, match="short.txt"):
+        VoHaysDataset(tmp_path / "train.streetview.txt", tmp_path / "short.txt", PREP)

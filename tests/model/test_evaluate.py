@@ -1,0 +1,157 @@
+"""Evaluation: batched embedding, metrics of a tiny checkpoint, `cvm eval` table and JSON."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import save_checkpoint
+from model.cli import main as cvm_main
+from model.config import ModelConfig, Preprocessing
+from model.cvm_net import build_model
+from model.data import DatasetError
+from model.evaluate import embed_pairs, evaluate_model, open_eval_dataset, resolve_data_root
+from model.metrics import EARTH_RADIUS_M
+
+TINY = ModelConfig(
+    arch="cvm-net-i",
+    preset="custom",
+    preprocessing=Preprocessing(sat_size=32, grd_size=(16, 64), sat_ground_m=70.0),
+    width_div=16,
+    batchnorm=True,
+    num_clusters=4,
+    out_dim=16,
+    frozen_blocks=0,
+    init="kaiming",
+)
+N_VAL = 6
+
+
+def make_world(root: Path, n_train: int = 4, n_val: int = N_VAL) -> Path:
+    """A synthetic-world-shaped folder: cvusa/ (CVUSA layout), ground.csv and photos/."""
+    rng = np.random.default_rng(1)
+    cvusa = root / "cvusa"
+    for d in ("bingmap/19", "streetview/panos", "splits", "split_locations"):
+        (cvusa / d).mkdir(parents=True, exist_ok=True)
+    (root / "photos").mkdir(parents=True, exist_ok=True)
+    ids = [f"{i + 1:07d}" for i in range(n_train + n_val)]
+    for key in ids:
+        colour = rng.integers(0, 256, 3)
+        for path, shape in (
+            (cvusa / f"bingmap/19/{key}.jpg", (40, 40)),
+            (cvusa / f"streetview/panos/{key}.jpg", (20, 110)),
+            (root / f"photos/{key}.jpg", (30, 40)),
+        ):
+            cv2.imwrite(str(path), np.clip(colour + rng.normal(0, 10, (*shape, 3)), 0, 255).astype(np.uint8))
+    line = "bingmap/19/{0}.jpg,streetview/panos/{0}.jpg,streetview/annotations/{0}.png\n"
+    (cvusa / "splits/train-19zl.csv").write_text("".join(line.format(k) for k in ids[:n_train]))
+    (cvusa / "splits/val-19zl.csv").write_text("".join(line.format(k) for k in ids[n_train:]))
+    # Pair i sits 0.001 degree of latitude north of pair i-1.
+    (cvusa / "split_locations/all.csv").write_text(
+        "".join(f"{45 + i * 1e-3},7.0,{45 + i * 1e-3},7.0,0\n" for i in range(len(ids)))
+    )
+    with (root / "ground.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "lat", "lon", "heading_deg", "fov_deg", "file", "photo_file", "split"])
+        for i, key in enumerate(ids):
+            split = "train" if i < n_train else "val"
+            w.writerow([key, 45 + i * 1e-3, 7.0, 10.0, 72.0, f"ground/{key}.jpg", f"photos/{key}.jpg", split])
+    return root
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_checkpoint(path, build_model(TINY))
+    return path
+
+
+def test_resolve_data_root_accepts_world_and_cvusa_root(world: Path, tmp_path: Path) -> None:
+    assert resolve_data_root(world) == (world / "cvusa", world)
+    assert resolve_data_root(world / "cvusa") == (world / "cvusa", None)
+    with pytest.raises(DatasetError, match="neither a CVUSA root"):
+        resolve_data_root(tmp_path)
+
+
+def test_photo_queries_come_from_ground_csv(world: Path) -> None:
+    ds = open_eval_dataset(world, TINY.preprocessing, "val", queries="photo")
+    assert [r.grd for r in ds.records] == [world / f"photos/{i + 5:07d}.jpg" for i in range(N_VAL)]
+    assert {r.grd_fov_deg for r in ds.records} == {72.0}
+    grd, _, _ = ds[0]
+    # A 72 degree photo covers round(64 * 72 / 360) = 13 of 64 columns; the rest stays zero.
+    assert torch.count_nonzero(grd[:, :, 13:]) == 0 and torch.count_nonzero(grd[:, :, :13]) > 0
+    with pytest.raises(DatasetError, match="synthetic world"):
+        open_eval_dataset(world / "cvusa", TINY.preprocessing, "val", queries="photo")
+
+
+def test_embed_pairs_matches_single_image_forward(world: Path) -> None:
+    torch.manual_seed(0)
+    net = build_model(TINY).train()
+    ds = open_eval_dataset(world, TINY.preprocessing, "val")
+    emb = embed_pairs(net, ds, batch_size=4)
+    assert net.training  # the caller's mode is restored
+    assert emb.grd.shape == (N_VAL, 16) and emb.sat.shape == (N_VAL, 16)
+    assert emb.index.tolist() == list(range(N_VAL)) and emb.skipped == 0
+    net.eval()
+    with torch.no_grad():
+        grd, sat, _ = ds[3]
+        one_g = net.embed_ground(grd[None]).numpy()[0]
+        one_s = net.embed_satellite(sat[None]).numpy()[0]
+    np.testing.assert_allclose(emb.grd[3], one_g, atol=1e-5)
+    np.testing.assert_allclose(emb.sat[3], one_s, atol=1e-5)
+
+
+def test_evaluate_model_skips_unreadable_pair(tmp_path: Path) -> None:
+    root = make_world(tmp_path / "w")
+    (root / "cvusa/bingmap/19/0000006.jpg").write_bytes(b"not an image")
+    torch.manual_seed(0)
+    net = build_model(TINY)
+    metrics, skipped = evaluate_model(net, open_eval_dataset(root, TINY.preprocessing, "val"), batch_size=4)
+    assert skipped == 1 and metrics.n == N_VAL - 1
+    assert metrics.median_error_m is not None
+
+
+def test_eval_command_json_with_baselines(
+    world: Path, weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["eval", "--weights", str(weights), "--data", str(world), "--json", "--batch-size", "4"]
+    assert cvm_main([*argv, "--baseline", "random", "--baseline", "histogram"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert report["pairs"] == N_VAL and report["split"] == "val"
+    assert set(report["results"]) == {"model", "random", "histogram"}
+    model = report["results"]["model"]
+    assert model["n"] == N_VAL and model["k1pct"] == 1 and model["k1pct_cvm"] == 1
+    # Errors are multiples of the 0.001 degree spacing between pairs; a median of 6 values is the
+    # mean of two of them, so twice the median is a multiple.
+    twice = 2 * model["median_error_m"] / (EARTH_RADIUS_M * np.radians(1e-3))
+    assert twice == pytest.approx(round(twice), abs=1e-6)
+
+
+def test_eval_command_prints_table(world: Path, weights: Path, capsys) -> None:
+    assert cvm_main(["eval", "--weights", str(weights), "--data", str(world), "--queries", "photo"]) == 0
+    out = capsys.readouterr().out
+    assert "R@1%" in out and "model" in out and "queries=photo" in out
+
+
+def test_eval_command_errors_name_the_file(world: Path, tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nope.pt"
+    assert cvm_main(["eval", "--weights", str(missing), "--data", str(world)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"garbage")
+    assert cvm_main(["eval", "--weights", str(junk), "--data", str(world)]) == 2
+    assert str(junk) in capsys.readouterr().err

@@ -17,7 +17,7 @@ from model.metrics import RetrievalMetrics, format_table
 from model.transforms import ImageLoadError
 from model.weights import default_weights_path
 
-HELP = "evaluate a checkpoint: R@1/5/10, R@1% (both conventions), median rank, location error"
+HELP = "evaluate a checkpoint: R@1/5/10, R@1%% (both conventions), median rank, location error"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,298 @@
+"""Benchmark of the localisation service (prints figures; not a test).
+
+Builds a throw-away catalogue + flat FAISS index of random unit vectors (default 10 000 tiles),
+starts `uvicorn service.main:app` on 127.0.0.1 in a subprocess and measures:
+
+* latency of POST /localize per stage (the server's own timings) and round trip, with one client,
+  against the ground branch's forward pass alone (batch 1) measured in this process beforehand;
+  target: total p50 <= 1.15 x forward p50;
+* throughput (requests/s) with 1, 4 and 16 concurrent clients against the model's best batched
+  forward throughput (images/s over batch sizes 1..32).
+
+    .venv/bin/python scripts/bench_service.py [--weights W] [--tiles 10000] [--requests 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+STAGES = ("decode", "preprocess", "queue", "forward", "search", "database", "total")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--weights", type=Path, default=None, help="checkpoint (default: shipped, else random cpu)"
+    )
+    p.add_argument("--tiles", type=int, default=10_000, help="tiles in the benchmark index")
+    p.add_argument("--requests", type=int, default=100, help="sequential requests for the latency part")
+    p.add_argument("--duration-s", type=float, default=10.0, help="seconds per throughput level")
+    p.add_argument("--port", type=int, default=8123)
+    return p.parse_args()
+
+
+def bench_weights(requested: Path | None, tmp: Path) -> Path:
+    """The given weights, the shipped ones, or a random-weight cpu-preset checkpoint."""
+    from model.checkpoint import save_checkpoint
+    from model.config import preset_config
+    from model.cvm_net import build_model
+    from model.weights import default_weights_path
+
+    if requested is not None:
+        return requested
+    try:
+        return default_weights_path()
+    except FileNotFoundError:
+        path = tmp / "random-cpu.pt"
+        save_checkpoint(path, build_model(preset_config("cvm-net-i", "cpu")))
+        print(f"(shipped weights absent: using random cpu-preset weights {path})")
+        return path
+
+
+def query_image() -> bytes:
+    """A 616x112 JPEG panorama (the synthetic world's size)."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(112, 616, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_catalogue(tmp: Path, weights: Path, n_tiles: int, dim: int) -> str:
+    """SQLite catalogue with one active build of n_tiles tiles and its flat index; returns the URL."""
+    import faiss
+
+    from indexer.catalog import activate, insert_tiles
+    from indexer.db import make_engine, session_scope, upgrade
+    from indexer.models import Build
+    from model.checkpoint import file_sha256
+
+    url, sha = f"sqlite:///{tmp / 'bench.db'}", file_sha256(weights)
+    upgrade(url)
+    engine = make_engine(url)
+    side = int(np.ceil(np.sqrt(n_tiles)))
+    rows = []
+    for i in range(n_tiles):
+        lat, lon = 47.0 + (i // side) * 5e-4, 8.0 + (i % side) * 7e-4
+        rows.append(
+            dict(
+                source="bench",
+                size_m=70.0,
+                lat=lat,
+                lon=lon,
+                west=lon - 3e-4,
+                south=lat - 2e-4,
+                east=lon + 3e-4,
+                north=lat + 2e-4,
+                footprint="{}",
+            )
+        )
+    with session_scope(engine) as session:
+        build = Build(
+            status="complete",
+            weights_path=str(weights),
+            weights_sha256=sha,
+            model_arch="cvm-net-i",
+            embed_dim=dim,
+            n_tiles=n_tiles,
+            index_path=str(tmp / "index"),
+        )
+        session.add(build)
+        session.flush()
+        ids = insert_tiles(session, [dict(r, build_id=build.id) for r in rows])
+        vecs = np.random.default_rng(0).standard_normal((n_tiles, dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        index.add_with_ids(vecs, np.asarray(ids, dtype=np.int64))
+        (tmp / "index").mkdir()
+        faiss.write_index(index, str(tmp / "index" / "index.faiss"))
+        meta = {
+            "factory": "IDMap2,Flat",
+            "d": dim,
+            "metric": "inner_product",
+            "ntotal": n_tiles,
+            "weights_sha256": sha,
+            "build_id": build.id,
+        }
+        (tmp / "index" / "index_meta.json").write_text(json.dumps(meta))
+        activate(session, build.id)
+    engine.dispose()
+    return url
+
+
+class Forward:
+    """The ground branch alone, in this process, on the prepared query image."""
+
+    def __init__(self, weights: Path, image: bytes) -> None:
+        from service.localizer import Localizer
+        from service.snapshot import set_search_threads
+
+        # As the server does (CVM_SEARCH_THREADS=1): FAISS's OpenMP pool next to torch's slows torch.
+        set_search_threads(1)
+
+        self.loc = Localizer.from_checkpoint(weights)
+        self.x, _, _, _ = self.loc.prepare(image, None)
+        self.dim = self.loc.out_dim
+
+    def once_ms(self) -> float:
+        """One batch-1 forward, ms."""
+        return _timed(self.loc.embed, self.x[None]) * 1000.0
+
+    def rates(self) -> dict[int, float]:
+        """Images/s by batch size (median of a few runs each)."""
+        out = {}
+        for b in (1, 2, 4, 8, 16, 32):
+            batch = self.x[None].expand(b, -1, -1, -1).contiguous()
+            runs = [_timed(self.loc.embed, batch) for _ in range(max(3, 48 // b))][1:]
+            out[b] = b / statistics.median(runs)
+        return out
+
+
+def _timed(fn, arg) -> float:
+    t0 = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - t0
+
+
+def start_server(url: str, weights: Path, tmp: Path, port: int) -> subprocess.Popen:
+    env = dict(os.environ, CVM_DATABASE_URL=url, CVM_WEIGHTS=str(weights), CVM_INDEX_DIR=str(tmp))
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "service.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    return subprocess.Popen(cmd, env=env)
+
+
+async def wait_ready(client, base: str) -> None:
+    for _ in range(600):
+        try:
+            if (await client.get(f"{base}/readyz")).status_code == 200:
+                return
+        except Exception:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit("server did not become ready")
+
+
+async def latency(client, base: str, image: bytes, n: int, forward: Forward) -> tuple[dict, list, list, list]:
+    """Sequential requests alternating, in blocks of 10, with blocks of forward-alone runs in this
+    process, so both see the same background load. The pauses let each side's OpenMP threads stop
+    spinning before the other runs (on 2 cores they would otherwise slow each other down).
+
+    Returns the server's stage timings, the round trips, the forward-alone times (ms) and, per
+    block, total p50 / forward-alone p50.
+    """
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    rtt, alone, ratios = [], [], []
+    for _ in range(n // 10 + 1):
+        await asyncio.sleep(0.3)
+        fwd = [forward.once_ms() for _ in range(10)]
+        await asyncio.sleep(0.3)
+        totals = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            resp = await client.post(f"{base}/localize", files={"image": ("q.jpg", image, "image/jpeg")})
+            elapsed = (time.perf_counter() - t0) * 1000.0
+            resp.raise_for_status()
+            rtt.append(elapsed)
+            for s, v in resp.json()["timings_ms"].items():
+                stages[s].append(v)
+            totals.append(stages["total"][-1])
+        alone.extend(fwd)
+        ratios.append(statistics.median(totals) / statistics.median(fwd))
+    skip = 10  # the first block warms both sides up
+    return {s: v[skip:] for s, v in stages.items()}, rtt[skip:], alone[skip:], ratios[1:]
+
+
+async def throughput(client, base: str, image: bytes, clients: int, duration_s: float) -> tuple[float, float]:
+    """Requests/s and mean batch size with `clients` concurrent request loops."""
+    done: list[int] = []
+    end = time.perf_counter() + duration_s
+
+    async def loop() -> None:
+        while time.perf_counter() < end:
+            resp = await client.post(f"{base}/localize", files={"image": ("q.jpg", image, "image/jpeg")})
+            resp.raise_for_status()
+            done.append(resp.json()["batch_size"])
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(clients)))
+    return len(done) / (time.perf_counter() - t0), float(np.mean(done))
+
+
+def print_latency(
+    stages: dict[str, list[float]], rtt: list[float], alone: list[float], ratios: list[float]
+) -> None:
+    print(f"\nlatency, 1 client, {len(rtt)} requests (server timings, ms):")
+    print(f"  {'stage':<13}{'p50':>8}{'p90':>8}")
+    for s in STAGES:
+        print(f"  {s:<13}{np.percentile(stages[s], 50):>8.2f}{np.percentile(stages[s], 90):>8.2f}")
+    print(f"  {'round trip':<13}{np.percentile(rtt, 50):>8.2f}{np.percentile(rtt, 90):>8.2f}")
+    print(f"  {'forward alone':<13}{np.percentile(alone, 50):>8.2f}{np.percentile(alone, 90):>8.2f}")
+    print(f"  total p50 / forward-alone p50, median over blocks: {np.median(ratios):.3f} (target <= 1.15)")
+    inside = np.percentile(stages["total"], 50) / np.percentile(stages["forward"], 50)
+    print(f"  total p50 / the server's own forward-stage p50: {inside:.3f}")
+
+
+async def measure(args: argparse.Namespace, base: str, image: bytes, forward: Forward) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=60.0, limits=httpx.Limits(max_connections=32)) as client:
+        await wait_ready(client, base)
+        print_latency(*await latency(client, base, image, args.requests, forward))
+        rates = forward.rates()  # server idle meanwhile
+        best = max(rates.values())
+        shown = ", ".join(f"{b}: {r:.1f}" for b, r in rates.items())
+        print(f"\nmodel alone, img/s by batch size: {shown}")
+        print(f"throughput ({args.duration_s:.0f} s per level) against the best, {best:.1f} img/s:")
+        for clients in (1, 4, 16):
+            rate, mean_batch = await throughput(client, base, image, clients, args.duration_s)
+            ratio = rate / best
+            print(
+                f" {clients:>2} clients: {rate:7.1f} req/s, mean batch {mean_batch:5.2f}, {ratio:.2f}x model"
+            )
+
+
+def main() -> int:
+    args = parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    image = query_image()
+    with tempfile.TemporaryDirectory(prefix="cvm-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        weights = bench_weights(args.weights, tmp)
+        forward = Forward(weights, image)
+        url = make_catalogue(tmp, weights, args.tiles, forward.dim)
+        print(f"index: {args.tiles} tiles, d={forward.dim}, flat inner product; weights {weights}")
+        server = start_server(url, weights, tmp, args.port)
+        try:
+            asyncio.run(measure(args, f"http://127.0.0.1:{args.port}", image, forward))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

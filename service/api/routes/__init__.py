@@ -1,0 +1,1 @@
+"""Routers: localize, tiles, health, metrics and the map page."""

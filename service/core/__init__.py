@@ -1,0 +1,1 @@
+"""Configuration and application state of the service."""

@@ -1,0 +1,37 @@
+"""Service settings, read from `CVM_*` environment variables (pydantic-settings).
+
+Extends the indexer's settings, so `cvm-index` and `cvm serve` see the same catalogue (CVM_DATA_DIR,
+CVM_DATABASE_URL, CVM_INDEX_DIR) and the same weights (CVM_WEIGHTS) by default.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from indexer.settings import Settings
+
+
+class ServiceSettings(Settings):
+    """Everything the localisation service can be configured with (env prefix `CVM_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CVM_", extra="ignore")
+
+    device: str = Field(default="cpu", description="torch device of the model")
+    host: str = Field(default="127.0.0.1", description="address `cvm serve` binds to")
+    port: int = Field(default=8000, ge=1, le=65535, description="port `cvm serve` listens on")
+
+    max_upload_mb: float = Field(default=20.0, gt=0, description="largest accepted request body, MiB")
+    max_image_pixels: int = Field(default=40_000_000, gt=0, description="largest image decoded, w x h")
+    batch_window_ms: float = Field(default=5.0, ge=0, description="batch collection window, ms")
+    max_batch: int = Field(default=16, ge=1, le=1024, description="most images in one forward pass")
+    build_poll_s: float = Field(default=2.0, gt=0, description="how often the active build id is checked, s")
+    # FAISS and torch each keep an OpenMP pool; on a few cores their spinning threads slow each
+    # other down (a batch-1 forward + search took 2x the forward alone with 2 FAISS threads here).
+    search_threads: int = Field(default=1, ge=1, le=256, description="FAISS OpenMP threads")
+    tile_image_px: int = Field(default=256, ge=16, le=2048, description="side of tile PNGs, px")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """`max_upload_mb` in bytes."""
+        return int(self.max_upload_mb * 1024 * 1024)

@@ -1,0 +1,76 @@
+"""The ground branch of one loaded CVM-Net with its preprocessing: image bytes -> descriptor.
+
+All torch code of the service lives here; it is blocking and runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import LoadedModel, file_sha256, load_checkpoint
+from model.config import ModelConfig, Preprocessing
+from model.transforms import prepare_ground, prepare_photo
+from service.imaging import decode_upload, detect_kind
+
+KINDS = ("panorama", "photo")
+
+
+class Localizer:
+    """Decodes, preprocesses and embeds ground images with the served weights."""
+
+    def __init__(self, loaded: LoadedModel, weights_sha256: str, max_pixels: int) -> None:
+        self.model = loaded.model.eval()
+        self.config: ModelConfig = loaded.config
+        self.weights_path = Path(loaded.path)
+        self.weights_sha256 = weights_sha256
+        self.max_pixels = max_pixels
+        self.device = next(self.model.parameters()).device
+        self.forward_calls = 0
+        self._count_lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, device: str = "cpu", max_pixels: int = 40_000_000) -> Localizer:
+        """Load weights through the one checkpoint loader (raises CheckpointError naming the file)."""
+        loaded = load_checkpoint(path, device=device)
+        return cls(loaded, file_sha256(path), max_pixels)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How inputs must be prepared for these weights."""
+        return self.config.preprocessing
+
+    @property
+    def out_dim(self) -> int:
+        """Descriptor size d."""
+        return int(self.model.out_dim)
+
+    def prepare(self, data: bytes, kind: str | None) -> tuple[torch.Tensor, str, float, float]:
+        """Bytes -> ((3, H, W) float32 input, kind used, decode seconds, preprocess seconds).
+
+        `kind` None means: detect from the aspect ratio (width / height >= 3 -> panorama).
+        Raises the image errors of `service.imaging`.
+        """
+        t0 = time.perf_counter()
+        rgb = decode_upload(data, self.max_pixels)
+        t1 = time.perf_counter()
+        used = kind or detect_kind(rgb)
+        if used == "panorama":
+            x = prepare_ground(rgb, self.preprocessing)
+        elif used == "photo":
+            x = prepare_photo(rgb, self.preprocessing)
+        else:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        return x, used, t1 - t0, time.perf_counter() - t1
+
+    def embed(self, batch: torch.Tensor) -> np.ndarray:
+        """(b, 3, H, W) float32 -> (b, d) float32 descriptors (L2-normalised by the model)."""
+        with self._count_lock:
+            self.forward_calls += 1
+        with torch.inference_mode():
+            out = self.model.embed_ground(batch.to(self.device))
+        return out.float().cpu().numpy()

@@ -1,0 +1,135 @@
+"""Localisation from upload to ranked tiles: what `/localize` and `cvm localize` call.
+
+Stages (timed, in ms): decode, preprocess, queue (waiting for a batch to form / the previous batch),
+forward, search, database (tile lookup in the snapshot), total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from service.batcher import MicroBatcher
+from service.catalog import TilePlace
+from service.localizer import Localizer
+from service.snapshot import IndexSnapshot
+from service.store import SnapshotStore
+
+STAGES = ("decode", "preprocess", "queue", "forward", "search", "database", "total")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One prepared image waiting for a forward pass: (3, H, W) input, its build, its k."""
+
+    x: torch.Tensor
+    snapshot: IndexSnapshot
+    k: int
+
+
+@dataclass(frozen=True)
+class Match:
+    """Search result of one query: tile ids (k,) int64, scores (k,) float32, stage seconds."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    forward_s: float
+    search_s: float
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ranked tile (rank 1 = best); score is the descriptor inner product (cosine)."""
+
+    rank: int
+    score: float
+    tile: TilePlace
+
+
+@dataclass(frozen=True)
+class LocalizeResult:
+    """Everything `/localize` answers."""
+
+    candidates: list[Candidate]
+    build_id: int
+    kind: str
+    timings_ms: dict[str, float]
+    batch_size: int
+
+
+def run_batch(localizer: Localizer, queries: Sequence[Query]) -> list[Match]:
+    """One forward pass for all queries, then one search per snapshot among them. Blocking."""
+    t0 = time.perf_counter()
+    emb = localizer.embed(torch.stack([q.x for q in queries]))
+    forward_s = time.perf_counter() - t0
+    by_snapshot: dict[int, list[int]] = {}
+    for i, q in enumerate(queries):
+        by_snapshot.setdefault(id(q.snapshot), []).append(i)
+    matches: list[Match | None] = [None] * len(queries)
+    t1 = time.perf_counter()
+    for rows in by_snapshot.values():
+        snap, k_max = queries[rows[0]].snapshot, max(queries[i].k for i in rows)
+        scores, ids = snap.search(emb[rows], k_max)
+        for j, i in enumerate(rows):
+            k = queries[i].k
+            matches[i] = Match(ids[j, :k], scores[j, :k], forward_s, 0.0)
+    search_s = time.perf_counter() - t1
+    return [Match(m.ids, m.scores, m.forward_s, search_s) for m in matches if m is not None]
+
+
+def rank(snapshot: IndexSnapshot, match: Match) -> list[Candidate]:
+    """Candidates in score order, skipping empty slots and ids the catalogue lacks."""
+    tiles = snapshot.lookup(match.ids)
+    found = [(float(s), t) for s, t in zip(match.scores, tiles, strict=True) if t is not None]
+    return [Candidate(rank=r, score=s, tile=t) for r, (s, t) in enumerate(found, start=1)]
+
+
+class LocalizationService:
+    """Localizer + current snapshot + micro-batcher. `start()` before `localize()`."""
+
+    def __init__(self, localizer: Localizer, store: SnapshotStore, window_s: float, max_batch: int) -> None:
+        self.localizer = localizer
+        self.store = store
+        self.batcher: MicroBatcher[Query, Match] = MicroBatcher(
+            lambda qs: run_batch(localizer, qs), window_s=window_s, max_batch=max_batch
+        )
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    async def localize(self, data: bytes, k: int, kind: str | None) -> LocalizeResult:
+        """Top-k tiles for an uploaded image. Image errors propagate (4xx); NotReady without index."""
+        t0 = time.perf_counter()
+        snapshot = self.store.require()  # this request uses this build to the end, even across a swap
+        with self.batcher.incoming():
+            x, used, decode_s, prep_s = await asyncio.to_thread(self.localizer.prepare, data, kind)
+        match, stats = await self.batcher.submit(Query(x, snapshot, k))
+        t1 = time.perf_counter()
+        candidates = rank(snapshot, match)
+        t2 = time.perf_counter()
+        stages = (decode_s, prep_s, stats.queued_s, match.forward_s, match.search_s, t2 - t1, t2 - t0)
+        timings = {name: round(s * 1000.0, 3) for name, s in zip(STAGES, stages, strict=True)}
+        return LocalizeResult(candidates, snapshot.build_id, used, timings, stats.batch_size)
+
+
+def localize_once(
+    localizer: Localizer, snapshot: IndexSnapshot, data: bytes, k: int, kind: str | None
+) -> LocalizeResult:
+    """The same pipeline without batching or an event loop (for `cvm localize`)."""
+    t0 = time.perf_counter()
+    x, used, decode_s, prep_s = localizer.prepare(data, kind)
+    (match,) = run_batch(localizer, [Query(x, snapshot, k)])
+    t1 = time.perf_counter()
+    candidates = rank(snapshot, match)
+    t2 = time.perf_counter()
+    stages = (decode_s, prep_s, 0.0, match.forward_s, match.search_s, t2 - t1, t2 - t0)
+    timings = {name: round(s * 1000.0, 3) for name, s in zip(STAGES, stages, strict=True)}
+    return LocalizeResult(candidates, snapshot.build_id, used, timings, 1)

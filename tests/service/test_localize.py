@@ -1,0 +1,105 @@
+"""POST /localize: ranking, kinds, k, timings, GeoJSON."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service.conftest import PANO_TILE, PHOTO_TILE
+from tests.service.world import World, panorama_bytes, photo_bytes
+
+STAGES = {"decode", "preprocess", "queue", "forward", "search", "database", "total"}
+
+
+def post(client: TestClient, data: bytes, name: str = "q.png", **params: object):
+    return client.post("/localize", params=params, files={"image": (name, data, "application/octet-stream")})
+
+
+def test_localize_panorama_ranks_planted_tile_first(client: TestClient, world: World) -> None:
+    resp = post(client, panorama_bytes())
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    expected = world.tiles[PANO_TILE]
+    top = body["candidates"][0]
+    assert body["kind"] == "panorama"
+    assert top["rank"] == 1
+    assert top["tile_id"] == world.builds[body["build_id"]]["tile_ids"][PANO_TILE]
+    # The planted vector is the query's own descriptor: cosine 1.
+    assert top["score"] == pytest.approx(1.0, abs=1e-4)
+    # lat/lon named explicitly and not swapped (the world is at ~45 N, 15 E).
+    assert top["lat"] == pytest.approx(expected.lat, abs=1e-9)
+    assert top["lon"] == pytest.approx(expected.lon, abs=1e-9)
+    assert top["bbox"] == pytest.approx(list(expected.bbox), abs=1e-9)
+
+
+def test_localize_photo_detected_from_aspect_ratio(client: TestClient, world: World) -> None:
+    body = post(client, photo_bytes(), "q.jpg").json()
+    assert body["kind"] == "photo"
+    assert body["candidates"][0]["tile_id"] == world.builds[body["build_id"]]["tile_ids"][PHOTO_TILE]
+
+
+def test_localize_kind_override_changes_preprocessing(client: TestClient, world: World) -> None:
+    auto = post(client, photo_bytes(), "q.jpg").json()
+    forced = post(client, photo_bytes(), "q.jpg", kind="panorama").json()
+    assert forced["kind"] == "panorama"
+    # As a stretched panorama the photo no longer yields the planted descriptor exactly.
+    assert forced["candidates"][0]["score"] < auto["candidates"][0]["score"] - 1e-3
+
+
+def test_localize_returns_k_sorted_candidates(client: TestClient, world: World) -> None:
+    body = post(client, panorama_bytes(), k=7).json()
+    cands = body["candidates"]
+    assert body["k"] == 7
+    assert [c["rank"] for c in cands] == list(range(1, 8))
+    scores = [c["score"] for c in cands]
+    assert scores == sorted(scores, reverse=True)
+    assert len({c["tile_id"] for c in cands}) == 7
+
+
+def test_localize_k_larger_than_index_returns_every_tile(client: TestClient, world: World) -> None:
+    body = post(client, panorama_bytes(), k=100).json()
+    assert len(body["candidates"]) == len(world.tiles)
+
+
+def test_localize_reports_every_stage_time(client: TestClient) -> None:
+    timings = post(client, panorama_bytes()).json()["timings_ms"]
+    assert set(timings) == STAGES
+    assert all(v >= 0 for v in timings.values())
+    assert timings["forward"] > 0
+    parts = sum(v for k, v in timings.items() if k != "total")
+    assert timings["total"] >= parts * 0.99
+
+
+def test_localize_bbox_is_west_south_east_north(client: TestClient) -> None:
+    for c in post(client, panorama_bytes()).json()["candidates"]:
+        west, south, east, north = c["bbox"]
+        assert west < c["lon"] < east
+        assert south < c["lat"] < north
+
+
+@pytest.mark.parametrize("how", ["accept", "query"])
+def test_localize_geojson_points_are_lon_lat(client: TestClient, world: World, how: str) -> None:
+    files = {"image": ("q.png", panorama_bytes(), "image/png")}
+    if how == "accept":
+        resp = client.post("/localize", files=files, headers={"Accept": "application/geo+json"})
+    else:
+        resp = client.post("/localize", files=files, params={"format": "geojson"})
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("application/geo+json")
+    body = resp.json()
+    assert body["type"] == "FeatureCollection"
+    first = body["features"][0]
+    expected = world.tiles[PANO_TILE]
+    assert first["type"] == "Feature"
+    assert first["geometry"]["type"] == "Point"
+    assert first["geometry"]["coordinates"] == pytest.approx([expected.lon, expected.lat], abs=1e-9)
+    assert first["properties"]["rank"] == 1
+    assert set(first["properties"]) >= {"rank", "tile_id", "lat", "lon", "score", "bbox"}
+    assert body["build_id"] == post(client, panorama_bytes()).json()["build_id"]
+
+
+def test_localize_json_format_wins_over_accept(client: TestClient) -> None:
+    files = {"image": ("q.png", panorama_bytes(), "image/png")}
+    resp = client.post("/localize?format=json", files=files, headers={"Accept": "application/geo+json"})
+    assert resp.headers["content-type"].startswith("application/json")
+    assert "candidates" in resp.json()

@@ -16,10 +16,12 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -32,6 +34,17 @@ class Build(Base):
     """One run of `cvm-index build`. Exactly one build at most has is_active = True."""
 
     __tablename__ = "builds"
+    # At most one active build, enforced by the database: a partial unique index over the
+    # active rows (activation clears the old row before setting the new one, in one transaction).
+    __table_args__ = (
+        Index(
+            "uq_builds_one_active",
+            "is_active",
+            unique=True,
+            sqlite_where=text("is_active"),
+            postgresql_where=text("is_active"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     # building -> complete | failed | partial ("partial": complete, but some inputs were rejected)

@@ -80,6 +80,7 @@ class TrainConfig:
     max_minutes: float | None = None
     checkpoint_minutes: float = 5.0
     backbone_weights: str | None = None
+    init_weights: str | None = None
     resume: bool = True
     val_data: str | None = None
     val_batch_size: int = 64
@@ -207,8 +208,19 @@ def _new_run(cfg: TrainConfig) -> tuple[CVMNet, torch.optim.Optimizer, RunState]
     if cfg.backbone_weights:
         for backbone in (net.vgg_ground, net.vgg_satellite):
             load_vgg16_backbone_weights(backbone, cfg.backbone_weights)
+    if cfg.init_weights:
+        _load_init_weights(net, cfg.init_weights)
     net.to(cfg.device)
     return net, _optimizer(net, cfg), RunState()
+
+
+def _load_init_weights(net: CVMNet, path: str) -> None:
+    """Start from the weights of an earlier run (e.g. continuing on more data); the
+    architecture must be the same, the optimiser starts afresh."""
+    loaded = load_checkpoint(path)
+    if loaded.config.to_dict() != net.config.to_dict():
+        raise TrainError(f"{path}: its model config differs from this run's; cannot start from it")
+    net.load_state_dict(loaded.model.state_dict())
 
 
 def _optimizer(net: CVMNet, cfg: TrainConfig) -> torch.optim.Optimizer:

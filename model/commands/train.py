@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "preprocessing to torchvision's RGB/ImageNet normalisation)",
     )
     parser.add_argument(
+        "--init-weights",
+        metavar="CKPT",
+        help="start from this checkpoint's weights (same architecture; fresh optimiser)",
+    )
+    parser.add_argument(
         "--model-config", metavar="JSON", help="file with a ModelConfig dict overriding --arch/--preset sizes"
     )
     parser.add_argument(
@@ -113,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             max_minutes=args.max_minutes,
             checkpoint_minutes=args.checkpoint_minutes,
             backbone_weights=args.backbone_weights,
+            init_weights=args.init_weights,
             model_config=_model_config(args.model_config),
             resume=args.resume,
             val_data=args.val_data,

@@ -1,0 +1,103 @@
+"""Database access: engines, transactional sessions, and schema upgrades through Alembic.
+
+The schema is created and changed only by the migrations in `migrations/`; `upgrade(url)` runs
+them programmatically against the same URL the caller then uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session
+
+from indexer.errors import IndexerError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets its parent folder created, foreign keys and a busy timeout."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise IndexerError(f"invalid database URL {url!r}: {exc}") from None
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args={"timeout": 30})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # SQLite leaves foreign keys (hence ON DELETE CASCADE) off unless asked, per connection.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits when the block ends normally and rolls back on any exception."""
+    session = Session(engine, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def alembic_config(url: str | None = None) -> Any:
+    """An Alembic Config pointing at `migrations/` (and at `url` when given), without an ini file."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        cfg.attributes["database_url"] = url
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the catalogue at `url` to `revision` (default: the newest) with Alembic."""
+    _migrate(url, revision, up=True)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Step the catalogue at `url` back to `revision` ("base" removes every table)."""
+    _migrate(url, revision, up=False)
+
+
+def _migrate(url: str, revision: str, *, up: bool) -> None:
+    from alembic import command
+
+    if not MIGRATIONS_DIR.is_dir():
+        raise IndexerError(f"Alembic migrations not found at {MIGRATIONS_DIR}")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = connection
+            (command.upgrade if up else command.downgrade)(cfg, revision)
+    except OperationalError as exc:
+        raise IndexerError(f"cannot reach the database {_safe(url)}: {exc.orig}") from None
+    finally:
+        engine.dispose()
+
+
+def _safe(url: str) -> str:
+    """`url` with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid url>"

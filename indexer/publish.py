@@ -1,0 +1,205 @@
+"""Stage 3 of a build: merge the shards into a FAISS index and publish it atomically.
+
+Order (each step idempotent, so a build killed anywhere here resumes by redoing stage 3):
+  1. drop tiles: nodata-skipped ones and every tile of a file whose read failed anywhere (a
+     corrupt raster found mid-embedding leaves none of its tiles), in one transaction;
+  2. train/add the index from the shards, measure recall@10 for approximate types;
+  3. write index.faiss + index_meta.json into `.build-<id>.tmp`, fsync, rename to `build-<id>`;
+  4. one transaction: status, counts, stats, index_path, and (unless --no-activate) activation.
+The served build changes only in step 4.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from indexer import catalog, faiss_index
+from indexer.build import BuildContext
+from indexer.db import session_scope
+from indexer.embed import NODATA, OK, Shard, load_shard, shard_files
+from indexer.errors import IndexerError
+from indexer.models import Tile
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """Which shard rows go into the index: `keep` ids, and why the others were dropped."""
+
+    keep: np.ndarray  # (n,) int64, increasing
+    bad: np.ndarray  # (m,) int64 ids of tiles of files whose reads failed
+    nodata: int
+    failed_tiles: int
+    failed_sources: dict[str, str]
+
+
+def _shards(shard_dir: Path) -> Iterator[Shard]:
+    for path in shard_files(shard_dir):
+        yield load_shard(path)
+
+
+def plan_merge(ctx: BuildContext, planned: int) -> MergePlan:
+    """Check the shards cover every planned tile exactly once; decide which tiles stay."""
+    shard_dir = ctx.work_dir / "shards"
+    failed: dict[str, str] = {}
+    ids, status = [], []
+    for shard in _shards(shard_dir):
+        ids.append(shard.ids)
+        status.append(shard.status)
+        for src, err in shard.errors.items():
+            failed.setdefault(src, err)
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    all_status = np.concatenate(status) if status else np.zeros(0, np.uint8)
+    if len(all_ids) != planned or (len(all_ids) > 1 and np.any(np.diff(all_ids) <= 0)):
+        raise IndexerError(f"{shard_dir}: shards hold {len(all_ids)} tiles, {planned} were planned")
+    bad = _ids_of_sources(ctx, sorted(failed))
+    ok = (all_status == OK) & ~np.isin(all_ids, bad)
+    n_failed = int(np.isin(all_ids, bad).sum())
+    nodata = int(((all_status == NODATA) & ~np.isin(all_ids, bad)).sum())
+    return MergePlan(all_ids[ok], bad, nodata, n_failed, failed)
+
+
+def _ids_of_sources(ctx: BuildContext, sources: list[str]) -> np.ndarray:
+    if not sources:
+        return np.zeros(0, np.int64)
+    with session_scope(ctx.engine) as session:
+        stmt = select(Tile.id).where(Tile.build_id == ctx.build_id, Tile.source.in_(sources))
+        return np.asarray(sorted(session.scalars(stmt)), dtype=np.int64)
+
+
+def drop_tiles(ctx: BuildContext, plan: MergePlan) -> None:
+    """Delete the rows of tiles that will not be in the index (one transaction)."""
+    with session_scope(ctx.engine) as session:
+        stmt = select(Tile.id).where(Tile.build_id == ctx.build_id)
+        present = np.asarray(list(session.scalars(stmt)), dtype=np.int64)
+        drop = present[~np.isin(present, plan.keep)]
+        catalog.delete_tiles(session, [int(i) for i in drop])
+
+
+def _kept_blocks(ctx: BuildContext, bad: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of the kept tiles (OK and not of a failed file), shard by shard, in id order."""
+    for shard in _shards(ctx.work_dir / "shards"):
+        mask = (shard.status == OK) & ~np.isin(shard.ids, bad)
+        if mask.any():
+            yield shard.ids[mask], np.ascontiguousarray(shard.vectors[mask])
+
+
+def _every(ctx: BuildContext, plan: MergePlan, count: int) -> np.ndarray:
+    """About `count` kept vectors spread evenly over the build (training sample, recall queries)."""
+    step = max(1, len(plan.keep) // max(count, 1))
+    wanted = plan.keep[::step][:count]
+    parts = [v[np.isin(i, wanted)] for i, v in _kept_blocks(ctx, plan.bad)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def build_index(ctx: BuildContext, plan: MergePlan, kind: str, use_gpu: bool) -> tuple[Any, Any, dict]:
+    """Train and fill the index over the kept tiles; returns (index, spec, stats)."""
+    d = ctx.loaded.config.out_dim
+    spec = faiss_index.choose_spec(kind, len(plan.keep), d)
+    index = faiss_index.new_index(spec, d)
+    if not index.is_trained:
+        index = faiss_index.train(index, spec, _every(ctx, plan, spec.train_size), use_gpu)
+    for ids, vectors in _kept_blocks(ctx, plan.bad):
+        index.add_with_ids(vectors, ids)
+    stats: dict[str, Any] = {"index_bytes": faiss_index.index_bytes(index)}
+    if spec.kind != "flat":
+        queries = _every(ctx, plan, faiss_index.RECALL_QUERIES)
+        db = (v for _, v in _kept_blocks(ctx, plan.bad))
+        stats["recall_at_10"] = round(faiss_index.measure_recall(index, queries, db, plan.keep), 4)
+        stats["recall_queries"] = len(queries)
+    return index, spec, stats
+
+
+def write_and_rename(ctx: BuildContext, index: Any, meta: dict[str, Any]) -> Path:
+    """Write the index under a temporary folder name, then rename it to the build's folder."""
+    tmp = ctx.index_root / f".build-{ctx.build_id}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    faiss_index.write_index(index, tmp, meta)
+    final = ctx.final_dir
+    # A folder left by a run killed between this rename and the final transaction is not
+    # referenced by any build row yet, so replacing it is safe.
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(ctx.index_root)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def merge_stage(ctx: BuildContext, planned: int, kind: str, use_gpu: bool, activate: bool) -> dict[str, Any]:
+    """Stage 3: drop, index, write, publish. Returns the final counts/stats of the build."""
+    started = time.perf_counter()
+    plan = plan_merge(ctx, planned)
+    drop_tiles(ctx, plan)
+    rejected = list(ctx.rejected) + [
+        (s, f"{s}: {e}; none of its tiles indexed") for s, e in plan.failed_sources.items()
+    ]
+    counts = {
+        "planned": planned,
+        "indexed": int(len(plan.keep)),
+        "skipped_nodata": plan.nodata,
+        "dropped_unreadable": plan.failed_tiles,
+        "rejected": [list(r) for r in rejected],
+    }
+    if len(plan.keep) == 0:
+        _finish(ctx, "failed", counts, {}, None, None, activate=False)
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        return {"status": "failed", "counts": counts}
+    index, spec, stats = build_index(ctx, plan, kind, use_gpu)
+    meta = {"factory": spec.factory, "weights_sha256": ctx.weights_sha256, "build_id": ctx.build_id}
+    meta |= {"index_type": spec.kind} | ({"nprobe": spec.nprobe} if spec.nprobe else {})
+    folder = write_and_rename(ctx, index, meta)
+    stats["index_s"] = round(time.perf_counter() - started, 3)
+    status = "partial" if rejected else "complete"
+    _finish(ctx, status, counts, stats, folder, spec, activate=activate)
+    shutil.rmtree(ctx.work_dir, ignore_errors=True)
+    return {
+        "status": status,
+        "counts": counts,
+        "stats": stats,
+        "index_type": spec.kind,
+        "factory": spec.factory,
+    }
+
+
+def _finish(
+    ctx: BuildContext,
+    status: str,
+    counts: dict,
+    stats: dict,
+    folder: Path | None,
+    spec: Any,
+    *,
+    activate: bool,
+) -> None:
+    """The publishing transaction: the build's final state and, when asked, its activation."""
+    with session_scope(ctx.engine) as session:
+        build = catalog.resolve_build(session, ctx.build_id)
+        build.status = status
+        build.counts = counts
+        stats = dict(stats)
+        build.timings = {**build.timings, "index_s": stats.pop("index_s", None)}
+        build.stats = {**build.stats, **stats}
+        build.n_tiles = counts["indexed"]
+        build.finished_at = datetime.now(UTC)
+        if folder is not None and spec is not None:
+            build.index_path = str(folder)
+            build.index_type, build.index_factory = spec.kind, spec.factory
+        if activate and status in ("complete", "partial"):
+            session.flush()
+            catalog.activate(session, ctx.build_id)

@@ -1,0 +1,137 @@
+"""Runs a whole `cvm-index build`: settings -> model -> stages -> summary."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import torch
+
+from indexer import build as stages
+from indexer import catalog
+from indexer.db import make_engine, session_scope, upgrade
+from indexer.errors import UsageError
+from indexer.publish import merge_stage
+from indexer.settings import Settings
+from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
+
+EXIT_OK, EXIT_FAILED, EXIT_NOTHING, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+@dataclass
+class BuildReport:
+    """Outcome of a build, for the summary and the exit code."""
+
+    build_id: int
+    status: str
+    resumed: bool
+    counts: dict[str, Any]
+    seconds: float
+    index_type: str | None = None
+    factory: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return {"complete": EXIT_OK, "partial": EXIT_PARTIAL}.get(self.status, EXIT_NOTHING)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; asking for cuda without a GPU is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def resolve_weights(weights: Path | None, settings: Settings, engine: Any, resume: bool | int | None) -> Path:
+    """--weights, else CVM_WEIGHTS, else the weights of the build being resumed, else the shipped ones."""
+    if weights is not None:
+        return weights
+    if settings.weights is not None:
+        return settings.weights
+    if isinstance(resume, int) and not isinstance(resume, bool):
+        with session_scope(engine) as session:
+            build = catalog.get_build(session, resume)
+            if build is not None:
+                return Path(build.weights_path)
+    try:
+        from model.weights import default_weights_path
+
+        return default_weights_path()
+    except (ImportError, FileNotFoundError) as exc:
+        raise UsageError(f"no --weights given and no shipped weights: {exc}") from None
+
+
+def run_build(
+    opts: stages.BuildOptions, settings: Settings, weights: Path | None, device: str
+) -> BuildReport:
+    """Create or resume a build and run its stages to the end."""
+    started = time.perf_counter()
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        dev = resolve_device(device)
+        path = resolve_weights(weights, settings, engine, opts.resume)
+        try:
+            loaded = load_checkpoint(path, device="cpu")
+        except CheckpointError as exc:
+            raise UsageError(str(exc)) from None
+        ctx = stages.BuildContext(engine, settings.index_root, loaded, file_sha256(path), dev)
+        settings.index_root.mkdir(parents=True, exist_ok=True)
+        params = stages.open_build(opts, ctx)
+        lock = stages.WorkLock(ctx.work_dir)
+        try:
+            return _stages(ctx, params, opts, started)
+        finally:
+            lock.release()
+    finally:
+        engine.dispose()
+
+
+def _stages(
+    ctx: stages.BuildContext, params: dict[str, Any], opts: stages.BuildOptions, t0: float
+) -> BuildReport:
+    planned = stages.plan_stage(ctx, params)
+    if planned == 0:
+        counts = {"planned": 0, "indexed": 0, "rejected": [list(r) for r in ctx.rejected]}
+        _mark(ctx, status="failed", counts=counts)
+        return BuildReport(ctx.build_id, "failed", ctx.resumed, counts, time.perf_counter() - t0)
+    t_embed = time.perf_counter()
+    stages.embed_stage(ctx, params, planned, opts)
+    _mark(ctx, embed_s=round(time.perf_counter() - t_embed, 3))
+    use_gpu = ctx.device.type == "cuda" and faiss.get_num_gpus() > 0
+    result = merge_stage(ctx, planned, str(params["index_type"]), use_gpu, bool(params.get("activate", True)))
+    total = time.perf_counter() - t0
+    _mark(ctx, total_s=round(total, 3))
+    return BuildReport(
+        ctx.build_id,
+        result["status"],
+        ctx.resumed,
+        result["counts"],
+        total,
+        result.get("index_type"),
+        result.get("factory"),
+        result.get("stats", {}),
+    )
+
+
+def _mark(
+    ctx: stages.BuildContext, status: str | None = None, counts: dict | None = None, **timings: float
+) -> None:
+    with session_scope(ctx.engine) as session:
+        build = catalog.resolve_build(session, ctx.build_id)
+        if status is not None:
+            build.status = status
+        if counts is not None:
+            build.counts = counts
+        if timings:
+            # a resumed build adds the time of this run to that of the interrupted ones
+            merged = dict(build.timings)
+            for key, value in timings.items():
+                merged[key] = round(float(merged.get(key) or 0.0) + value, 3)
+            build.timings = merged

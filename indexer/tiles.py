@@ -1,0 +1,201 @@
+"""Tiles: a metric grid over each raster (or pre-cut tile images), and reading one tile's chip.
+
+Grid: rows and columns of `size_m` x `size_m` ground squares every `stride_m` metres, starting at
+the raster's top-left corner; only whole tiles inside the raster are kept. The local metre scale
+(indexer.geo) is measured at each row, so Web Mercator and degree rasters get true ground sizes.
+Tiles follow the CRS's grid north (exact for Mercator and geographic rasters; in UTM, grid north
+differs from true north by the meridian convergence, at most a few degrees).
+
+Reading: each tile is read through its own pixel window (`ChipReader.read_window`); a tile much
+larger than the model input is read with out_shape = the input size, so GDAL uses overviews. The
+whole raster is never loaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from PIL import Image, UnidentifiedImageError
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.windows import Window
+
+from indexer.errors import InputRejected
+from indexer.geo import GroundFrame, square_around
+from indexer.sources import RasterInfo, to_uint8
+
+# Tolerance (pixels) for a tile edge landing on the raster edge through float rounding.
+EDGE_EPS_PX = 1e-6
+
+
+def plan_raster(info: RasterInfo, size_m: float, stride_m: float) -> Iterator[dict[str, Any]]:
+    """Tile rows (dicts of Tile columns, without id/build_id) of one raster, row-major from the top-left."""
+    a, _, c, _, e, f = info.transform
+    left, top = c, f
+    right, bottom = c + a * info.width, f + e * info.height
+    frame = GroundFrame(info.crs)
+    x_mid = (left + right) / 2
+    # scales are sampled 1/200 pixel around a point, so a point 1/100 pixel inside the raster
+    # never samples beyond it (e.g. past the pole of a world raster)
+    y_c = top + e / 100
+    for _ in range(3):  # fixed point: the first row's top edge on the raster's top edge
+        _, my = _scale(frame, info, x_mid, y_c)
+        y_c = top - size_m / my / 2
+    while y_c + e / 100 > bottom:
+        mx, my = _scale(frame, info, x_mid, y_c)
+        half_w, half_h = size_m / mx / 2, size_m / my / 2
+        if (y_c - half_h - bottom) / -e < -EDGE_EPS_PX:
+            return
+        x_c = left + half_w
+        while (right - (x_c + half_w)) / a >= -EDGE_EPS_PX:
+            yield _raster_row(info, frame, (x_c, y_c, half_w, half_h), size_m, (mx, my))
+            x_c += stride_m / mx
+        y_c -= stride_m / my
+
+
+def _scale(frame: GroundFrame, info: RasterInfo, x: float, y: float) -> tuple[float, float]:
+    mx, my = frame.metres_per_unit(x, y, info.transform[0] / 100)
+    if not (math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0):
+        raise InputRejected(f"{info.path}: cannot measure ground distances at {x}, {y} in {info.crs}")
+    return mx, my
+
+
+def _raster_row(
+    info: RasterInfo,
+    frame: GroundFrame,
+    box: tuple[float, float, float, float],
+    size_m: float,
+    scale: tuple[float, float],
+) -> dict[str, Any]:
+    x_c, y_c, half_w, half_h = box
+    a, _, c, _, e, f = info.transform
+    col_off = max(0.0, (x_c - half_w - c) / a)
+    row_off = max(0.0, (y_c + half_h - f) / e)
+    width = min(2 * half_w / a, info.width - col_off)
+    height = min(2 * half_h / -e, info.height - row_off)
+    # the footprint is that of the window actually read (clamping moves it by float noise only)
+    x0, y1 = c + a * col_off, f + e * row_off
+    fp = frame.footprint(x0, y1 + e * height, x0 + a * width, y1)
+    return {
+        "source": info.path,
+        "col_off": col_off,
+        "row_off": row_off,
+        "width": width,
+        "height": height,
+        "crs": info.crs,
+        # metres per source pixel on the ground, mean of the two axes
+        "gsd_m": (a * scale[0] + -e * scale[1]) / 2,
+        "size_m": size_m,
+        **fp.columns(),
+    }
+
+
+@dataclass(frozen=True)
+class CsvPlan:
+    rows: list[dict[str, Any]]
+    rejected: list[tuple[str, str]]
+
+
+def plan_csv(csv_path: str) -> CsvPlan:
+    """Tile rows of a pre-cut tile list (columns path,lat,lon,size_m; paths relative to the CSV).
+
+    Rows with a missing image or bad numbers are rejected (with the reason); the rest are kept.
+    """
+    path = Path(csv_path).expanduser().resolve()
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = {"path", "lat", "lon", "size_m"} - set(reader.fieldnames or [])
+            if missing:
+                raise InputRejected(f"{path}: tile list lacks column(s) {', '.join(sorted(missing))}")
+            records = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputRejected(f"{path}: cannot read tile list ({exc})") from None
+    rows, rejected = [], []
+    for line, rec in enumerate(records, start=2):
+        try:
+            rows.append(_csv_row(path.parent, rec))
+        except InputRejected as exc:
+            rejected.append((f"{path}:{line}", str(exc)))
+    return CsvPlan(rows, rejected)
+
+
+def _csv_row(base: Path, rec: dict[str, str]) -> dict[str, Any]:
+    image = (base / (rec.get("path") or "").strip()).resolve()
+    try:
+        lat, lon, size_m = float(rec["lat"]), float(rec["lon"]), float(rec["size_m"])
+    except (TypeError, ValueError):
+        raise InputRejected(f"{image}: lat/lon/size_m are not numbers") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and size_m > 0):
+        raise InputRejected(f"{image}: lat {lat} / lon {lon} / size_m {size_m} out of range")
+    try:
+        with Image.open(image) as im:
+            width = im.size[0]
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputRejected(f"{image}: not a readable image ({exc})") from None
+    fp = square_around(lat, lon, size_m)
+    cols = {**fp.columns(), "lat": lat, "lon": lon}
+    return {"source": str(image), "crs": None, "gsd_m": size_m / width, "size_m": size_m, **cols}
+
+
+class ChipReader:
+    """Reads tile chips; safe to call from several threads (one open dataset per thread and file)."""
+
+    def __init__(self, sources: dict[str, RasterInfo], out_size: int, max_open: int = 16) -> None:
+        self.sources = sources
+        self.out_size = out_size
+        self.max_open = max_open
+        self._local = threading.local()
+
+    def read_window(self, source: str, window: Window) -> tuple[np.ndarray, float]:
+        """(h, w, 3) uint8 RGB chip of `window` and its valid (not nodata / masked) fraction.
+
+        A window at least twice the model input is read with out_shape = (S, S), so GDAL
+        averages (from an overview when there is one); a smaller one is read at native
+        resolution, snapped to whole pixels (at most half a pixel off), and left to
+        prepare_satellite's INTER_AREA resize, the preprocessing the weights were trained with.
+        """
+        info = self.sources[source]
+        ds = self._dataset(source)
+        s = self.out_size
+        if window.width >= 2 * s:
+            shape: tuple[int, int] = (s, s)
+            data = ds.read(
+                list(info.bands), window=window, out_shape=(3, *shape), resampling=Resampling.average
+            )
+        else:
+            window = Window(
+                *(round(v) for v in (window.col_off, window.row_off, window.width, window.height))
+            )
+            data = ds.read(list(info.bands), window=window)
+            shape = data.shape[1:]
+        rgb = np.ascontiguousarray(to_uint8(data, info.stretch).transpose(1, 2, 0))
+        if all(flag == [MaskFlags.all_valid] for flag in ds.mask_flag_enums):
+            return rgb, 1.0  # no nodata, alpha or mask band: nothing to count
+        mask = ds.dataset_mask(window=window, out_shape=shape)
+        return rgb, float(np.count_nonzero(mask)) / mask.size
+
+    def _dataset(self, source: str) -> Any:
+        cache: dict[str, Any] | None = getattr(self._local, "cache", None)
+        if cache is None:
+            cache = self._local.cache = {}
+        ds = cache.get(source)
+        if ds is None:
+            if len(cache) >= self.max_open:
+                oldest = next(iter(cache))
+                cache.pop(oldest).close()
+            ds = cache[source] = rasterio.open(source)
+        return ds
+
+    def close(self) -> None:
+        """Close this thread's datasets (others close when their threads end)."""
+        for ds in getattr(self._local, "cache", {}).values():
+            ds.close()
+        self._local.cache = {}

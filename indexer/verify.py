@@ -1,0 +1,131 @@
+"""`cvm-index verify`: does a build's index still agree with its catalogue, weights and imagery?
+
+Checks: the index reads and matches index_meta.json; ntotal equals the tile rows and the index
+holds exactly the catalogue's ids; the weights file hashes to the build's weights_sha256; and a
+seeded sample of tiles, re-read and re-embedded, matches the stored vectors within `atol` (for
+PQ indexes the re-embedded vector is encoded and decoded the same way first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from sqlalchemy import Engine, select
+
+from indexer import catalog, faiss_index
+from indexer.db import session_scope
+from indexer.embed import OK, Embedder, TileTask, read_chip
+from indexer.errors import IndexerError
+from indexer.models import Build, Tile
+from indexer.sources import RasterInfo
+from indexer.tiles import ChipReader
+from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
+
+
+@dataclass
+class VerifyReport:
+    """Each check as (name, passed, detail); `ok` when every check passed."""
+
+    build_id: int
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(passed for _, passed, _ in self.checks)
+
+    def add(self, name: str, passed: bool, detail: str) -> bool:
+        self.checks.append((name, passed, detail))
+        return passed
+
+
+def index_ids(index: Any) -> np.ndarray:
+    """(ntotal,) int64 ids held by an IDMap or IVF index, sorted."""
+    idmap = getattr(faiss.downcast_index(index), "id_map", None)
+    if idmap is not None:
+        return np.sort(faiss.vector_to_array(idmap).astype(np.int64))
+    invlists: Any = faiss.extract_index_ivf(index).invlists
+    parts = []
+    for lst in range(invlists.nlist):
+        size = invlists.list_size(lst)
+        if size:
+            parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def verify_build(
+    engine: Engine, build_id: int | None, *, weights: Path | None = None, sample: int = 16, atol: float = 1e-3
+) -> VerifyReport:
+    """Run every check on a build (the active one when build_id is None)."""
+    with session_scope(engine) as session:
+        build = catalog.resolve_build(session, build_id)
+        tile_ids = np.asarray(
+            sorted(session.scalars(select(Tile.id).where(Tile.build_id == build.id))), np.int64
+        )
+    report = VerifyReport(build.id)
+    if not report.add("finished", bool(build.index_path), f"status {build.status!r}"):
+        return report
+    try:
+        index, meta = faiss_index.read_index(Path(str(build.index_path)))
+    except IndexerError as exc:
+        report.add("index readable", False, str(exc))
+        return report
+    report.add("index readable", True, f"{meta['factory']}, {index.ntotal} vectors of {index.d} dims")
+    report.add(
+        "metadata", meta.get("build_id") == build.id, f"index_meta.json build_id {meta.get('build_id')}"
+    )
+    report.add(
+        "ntotal", index.ntotal == len(tile_ids), f"index {index.ntotal}, catalogue {len(tile_ids)} tiles"
+    )
+    same_ids = np.array_equal(index_ids(index), tile_ids)
+    report.add("ids", same_ids, "index ids equal tile ids" if same_ids else "index ids differ from tile ids")
+    weights_path = weights or Path(build.weights_path)
+    sha = file_sha256(weights_path) if weights_path.is_file() else "missing"
+    hash_ok = sha == build.weights_sha256 == meta.get("weights_sha256")
+    report.add("weights", hash_ok, f"{weights_path}: sha256 {sha[:12]}, build {build.weights_sha256[:12]}")
+    if hash_ok and len(tile_ids):
+        _check_sample(report, engine, build, index, weights_path, tile_ids, sample, atol)
+    return report
+
+
+def _check_sample(
+    report: VerifyReport,
+    engine: Engine,
+    build: Build,
+    index: Any,
+    weights: Path,
+    tile_ids: np.ndarray,
+    sample: int,
+    atol: float,
+) -> None:
+    rng = np.random.default_rng(build.id)
+    ids = np.sort(rng.choice(tile_ids, size=min(sample, len(tile_ids)), replace=False))
+    with session_scope(engine) as session:
+        tiles = catalog.get_tiles(session, [int(i) for i in ids])
+    try:
+        loaded = load_checkpoint(weights)
+    except CheckpointError as exc:
+        report.add("re-embed", False, str(exc))
+        return
+    sources = {p: RasterInfo.from_dict(d) for p, d in build.params.get("sources", {}).items()}
+    reader = ChipReader(sources, loaded.config.preprocessing.sat_size)
+    chips = [read_chip(reader, loaded.config.preprocessing, _task(tiles[int(i)]), set()) for i in ids]
+    unreadable = [c.task.id for c in chips if c.status != OK]
+    if unreadable:
+        report.add("re-embed", False, f"tiles {unreadable[:5]} no longer read as valid imagery")
+        return
+    fresh = Embedder(loaded.model, torch.device("cpu"))(torch.stack([c.tensor for c in chips]))  # type: ignore[misc]
+    stored = faiss_index.stored_vectors(index, ids)
+    diff = float(np.abs(faiss_index.encode_decode(index, fresh) - stored).max())
+    report.add(
+        "re-embed", diff <= atol, f"{len(ids)} tiles, max |difference| {diff:.2e} (tolerance {atol:g})"
+    )
+
+
+def _task(tile: Tile) -> TileTask:
+    window = None if tile.col_off is None else (tile.col_off, tile.row_off, tile.width, tile.height)
+    return TileTask(tile.id, tile.source, window)  # type: ignore[arg-type]

@@ -1,0 +1,139 @@
+"""Schema through Alembic (upgrade, downgrade, equality with the models) and catalogue helpers,
+on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
+
+from indexer import catalog
+from indexer.db import downgrade, make_engine, session_scope, upgrade
+from indexer.errors import BuildNotFound, IndexerError
+from indexer.models import Base, Build
+
+
+def _build(**kw: object) -> Build:
+    fields = dict(
+        status="complete",
+        is_active=False,
+        weights_path="/w.pt",
+        weights_sha256="0" * 64,
+        model_arch="cvm-net-i",
+        embed_dim=16,
+        index_path="/idx",
+        params={},
+        counts={},
+        timings={},
+        stats={},
+        n_tiles=0,
+    )
+    fields.update(kw)
+    return Build(**fields)
+
+
+def _tile(build_id: int, i: int) -> dict[str, object]:
+    ring = [[10.0 + i, 50.0], [10.1 + i, 50.0], [10.1 + i, 50.1], [10.0 + i, 50.1], [10.0 + i, 50.0]]
+    return dict(
+        build_id=build_id,
+        source=f"/data/{i}.tif",
+        size_m=70.0,
+        lat=50.05,
+        lon=10.05 + i,
+        west=10.0 + i,
+        south=50.0,
+        east=10.1 + i,
+        north=50.1,
+        footprint=json.dumps({"type": "Polygon", "coordinates": [ring]}),
+    )
+
+
+def test_upgrade_creates_schema_equal_to_models(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_downgrade_removes_tables_and_upgrade_restores_them(db_url: str) -> None:
+    upgrade(db_url)
+    downgrade(db_url, "base")
+    engine = make_engine(db_url)
+    assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    upgrade(db_url)
+    assert {"builds", "tiles"} <= set(inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_insert_tiles_returns_ids_in_input_order(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    with session_scope(engine) as s:
+        b = _build()
+        s.add(b)
+        s.flush()
+        ids = catalog.insert_tiles(s, (_tile(b.id, i) for i in range(7)))
+    with session_scope(engine) as s:
+        tiles = catalog.get_tiles(s, [*ids, -1, 10**9])
+        assert sorted(tiles) == sorted(ids)
+        # row i was inserted with lon 10.05 + i: the returned ids map to the right rows
+        assert [round(tiles[i].lon - 10.05) for i in ids] == list(range(7))
+        assert catalog.get_tile(s, ids[3]).source == "/data/3.tif"
+        assert catalog.get_tile(s, 10**9) is None
+    engine.dispose()
+
+
+def test_activate_switches_the_single_active_build(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    with session_scope(engine) as s:
+        old, new, unfinished = _build(), _build(), _build(status="building", index_path=None)
+        s.add_all([old, new, unfinished])
+        s.flush()
+        ids = (old.id, new.id, unfinished.id)
+        catalog.activate(s, old.id)
+    with session_scope(engine) as s:
+        assert catalog.get_active_build(s).id == ids[0]
+        catalog.activate(s, ids[1])
+    with session_scope(engine) as s:
+        assert catalog.get_active_build(s).id == ids[1]
+        assert catalog.get_build(s, ids[0]).is_active is False
+    with pytest.raises(BuildNotFound, match=f"build {ids[2]} is 'building'"), session_scope(engine) as s:
+        catalog.activate(s, ids[2])
+    engine.dispose()
+
+
+def test_database_refuses_two_active_builds(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    with pytest.raises(IntegrityError), session_scope(engine) as s:
+        s.add_all([_build(is_active=True), _build(is_active=True)])
+    engine.dispose()
+
+
+def test_deleting_a_build_cascades_to_its_tiles(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    with session_scope(engine) as s:
+        b = _build()
+        s.add(b)
+        s.flush()
+        catalog.insert_tiles(s, [_tile(b.id, 0)])
+        build_id = b.id
+    with session_scope(engine) as s:
+        s.delete(catalog.get_build(s, build_id))
+    with session_scope(engine) as s:
+        assert catalog.count_tiles(s, build_id) == 0
+    engine.dispose()
+
+
+def test_upgrade_unreachable_database_names_it() -> None:
+    with pytest.raises(IndexerError, match="cannot reach the database") as info:
+        upgrade("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
+    assert "127.0.0.1:1/none" in str(info.value) and "secret" not in str(info.value)

@@ -1,0 +1,80 @@
+"""Index choice, recall against exact search, and index/metadata consistency checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from indexer import faiss_index as fi
+from indexer.errors import IndexMismatch
+from indexer.settings import Settings
+
+
+def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors on a low-dimensional manifold with small noise, as image descriptors are."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, 6))
+    x = np.tanh(z @ rng.standard_normal((6, d))) + 0.05 * rng.standard_normal((n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def test_choose_spec_by_size() -> None:
+    assert fi.choose_spec("auto", 49_999, 256).kind == "flat"
+    big = fi.choose_spec("auto", 1_000_000, 256)
+    assert big.kind == "ivfpq" and big.factory == "IVF4000,PQ64x8" and big.nprobe is not None
+    assert fi.choose_spec("hnsw", 10, 256).factory == "IDMap2,HNSW32"
+    with pytest.raises(ValueError, match="unknown index type"):
+        fi.choose_spec("lsh", 10, 8)
+
+
+@pytest.mark.parametrize("kind,floor", [("ivfpq", 0.6), ("hnsw", 0.95)])
+def test_approximate_index_recall_against_brute_force(kind: str, floor: float) -> None:
+    x = _clustered(1500, 32)
+    ids = np.arange(1000, 2500, dtype=np.int64)
+    spec = fi.choose_spec(kind, len(x), 32)
+    index = fi.train(fi.new_index(spec, 32), spec, x[:: max(1, len(x) // max(spec.train_size, 1))])
+    index.add_with_ids(x, ids)
+    queries = x[::10]
+    recall = fi.measure_recall(index, queries, iter([x[:600], x[600:]]), ids)
+    # brute force computed here with numpy, independently of faiss
+    exact = ids[np.argsort(-(queries @ x.T), axis=1)[:, :10]]
+    _, approx = index.search(queries, 10)
+    by_hand = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
+    assert recall == pytest.approx(by_hand, abs=0.01)
+    assert recall >= floor
+
+
+def test_read_index_checks_metadata(tmp_path: Path) -> None:
+    x = _clustered(100, 8)
+    spec = fi.choose_spec("flat", 100, 8)
+    index = fi.new_index(spec, 8)
+    index.add_with_ids(x, np.arange(100, dtype=np.int64) + 5)
+    fi.write_index(index, tmp_path, {"factory": spec.factory, "weights_sha256": "ab", "build_id": 1})
+    loaded, meta = fi.read_index(tmp_path)
+    assert loaded.ntotal == 100 and meta["metric"] == "inner_product" and meta["d"] == 8
+    assert loaded.metric_type == faiss.METRIC_INNER_PRODUCT
+    np.testing.assert_array_equal(fi.stored_vectors(loaded, np.array([5, 104])), x[[0, 99]])
+    meta["ntotal"] = 99
+    (tmp_path / fi.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(IndexMismatch, match="holds 100 vectors of 8 dims, index_meta.json says 99"):
+        fi.read_index(tmp_path)
+    (tmp_path / fi.INDEX_FILE).write_bytes(b"garbage")
+    with pytest.raises(IndexMismatch, match="unreadable FAISS index"):
+        fi.read_index(tmp_path)
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CVM_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("CVM_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CVM_INDEX_DIR", raising=False)
+    s = Settings()
+    assert s.database_url == f"sqlite:///{tmp_path / 'cvm.db'}" and s.index_dir == tmp_path / "indexes"
+    monkeypatch.setenv("CVM_DATABASE_URL", "postgresql+psycopg://u@h/db")
+    monkeypatch.setenv("CVM_INDEX_DIR", str(tmp_path / "x"))
+    s = Settings()
+    assert s.database_url == "postgresql+psycopg://u@h/db" and s.index_dir == tmp_path / "x"

@@ -1,0 +1,17 @@
+"""A small synthetic world shared by the synth tests (generated once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model.synth import SynthOptions, SynthResult, synthesize
+
+SMALL = {"extent_m": 300.0, "pairs": 12, "origin": (47.37, 8.54)}
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> SynthResult:
+    out: Path = tmp_path_factory.mktemp("synth") / "world"
+    return synthesize(SynthOptions(seed=7, out=out, workers=1, **SMALL))  # type: ignore[arg-type]

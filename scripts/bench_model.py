@@ -1,7 +1,7 @@
 """Inference throughput of each CVM-Net branch (images/s) on this machine's CPU.
 
     .venv/bin/python scripts/bench_model.py [--arch cvm-net-i] [--preset cpu] [--batch 32]
-                                            [--threads 2] [--repeats 5]
+                                            [--threads 2] [--repeats 5] [--train-batch 24]
 
 Randomly initialised weights (throughput does not depend on their values), eval mode, no_grad;
 one warm-up batch per branch, then the median of `repeats` timed batches.
@@ -17,6 +17,7 @@ import torch
 
 from model.config import ARCHS, PRESETS, preset_config
 from model.cvm_net import build_model
+from model.losses import weighted_soft_margin_loss
 
 
 def time_branch(fn, x: torch.Tensor, repeats: int) -> float:
@@ -31,6 +32,24 @@ def time_branch(fn, x: torch.Tensor, repeats: int) -> float:
     return x.shape[0] / statistics.median(times)
 
 
+def train_pairs_per_s(net: torch.nn.Module, grd: torch.Tensor, sat: torch.Tensor, repeats: int) -> float:
+    """Median pairs/s of one full training step (forward both branches, loss, backward, Adam)."""
+    net.train()
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        g, s = net(grd, sat)
+        loss = weighted_soft_margin_loss(g, s)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - start)
+    net.eval()
+    return grd.shape[0] / statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=ARCHS, default="cvm-net-i")
@@ -38,6 +57,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--train-batch", type=int, default=24, help="also time a training step at this batch (0: skip)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -51,6 +73,11 @@ def main() -> None:
     print(f"ground    {prep.grd_size[0]}x{prep.grd_size[1]}: {g:8.1f} images/s")
     s = time_branch(net.embed_satellite, sat, args.repeats)
     print(f"satellite {prep.sat_size}x{prep.sat_size}: {s:8.1f} images/s")
+    if args.train_batch:
+        t = train_pairs_per_s(net, grd[: args.train_batch], sat[: args.train_batch], args.repeats)
+        print(f"training step, batch {args.train_batch}: {t:8.1f} pairs/s")
+    total = sum(p.numel() for p in net.parameters())
+    print(f"parameters: {total:,}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""Export a training checkpoint as shippable weights: same model, config and preprocessing,
+without the optimiser/RNG state, with the training lineage and held-out metrics recorded.
+
+    .venv/bin/python scripts/export_weights.py RUN/last.pt model/weights/cvm-net-i-cpu.pt \
+        [--metrics metrics.json] [--lineage "A: ...; B: ..."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("src", type=Path, help="checkpoint written by `cvm train`")
+    p.add_argument("dst", type=Path, help="where to write the exported weights")
+    p.add_argument("--metrics", type=Path, help="JSON file of evaluation metrics to store with them")
+    p.add_argument("--lineage", default="", help="how the weights were trained (free text)")
+    args = p.parse_args()
+    loaded = load_checkpoint(args.src)
+    train_config = dict(loaded.meta.get("train_config") or {})
+    if args.lineage:
+        train_config["lineage"] = args.lineage
+    metrics = json.loads(args.metrics.read_text()) if args.metrics else loaded.meta.get("metrics")
+    save_checkpoint(args.dst, loaded.model, train_config=train_config, metrics=metrics)
+    size_mb = args.dst.stat().st_size / 1e6
+    print(f"wrote {args.dst} ({size_mb:.1f} MB, sha256 {file_sha256(args.dst)})")
+
+
+if __name__ == "__main__":
+    main()

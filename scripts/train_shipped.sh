@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# How the shipped weights (model/weights/cvm-net-i-cpu.pt) were trained: fresh synthetic worlds,
+# then stages that each start from the previous stage's weights on more worlds (a new stage
+# because a resumed run refuses a changed data set). Each stage is time-boxed; resume makes any
+# interruption safe. See docs/model-card.md for the figures of the run that produced the file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=runs/worlds
+CVM=.venv/bin/cvm
+
+# Worlds: training seeds 101-107 (2 km, 1,500 pairs each, all train), validation seed 201,
+# held-out test seed 7777 (never seen in training), CI floor seed 4242 (tests/model).
+[ -d $W/val-201 ] || $CVM synth --seed 201 --out $W/val-201 --extent-m 1000 --pairs 400 --val-fraction 1
+for s in 101 102 103 104 105 106 107; do
+    [ -d $W/train-$s ] || $CVM synth --seed $s --out $W/train-$s --extent-m 2000 --pairs 1500 --val-fraction 0
+done
+[ -d $W/test-7777 ] || $CVM synth --seed 7777 --out $W/test-7777 --extent-m 2000 --pairs 1000 --val-fraction 1
+
+common=(--arch cvm-net-i --preset cpu --val-data $W/val-201 --epochs 100 --workers 1
+        --checkpoint-minutes 5 --no-augment)
+$CVM train "${common[@]}" --threads 1 --data $W/train-101 --out runs/A --seed 1 --max-minutes 19
+$CVM train "${common[@]}" --threads 1 --data $W/train-10{1,2,3,4} --out runs/B --seed 2 \
+    --init-weights runs/A/last.pt --max-minutes 22
+$CVM train "${common[@]}" --threads 1 --data $W/train-10{1,2,3,4,5} --out runs/C --seed 3 \
+    --init-weights runs/B/last.pt --max-minutes 11
+$CVM train "${common[@]}" --threads 2 --data $W/train-10{1,2,3,4,5,6,7} --out runs/D --seed 4 \
+    --init-weights runs/C/last.pt --max-minutes 22
+$CVM train "${common[@]}" --threads 2 --data $W/train-10{1,2,3,4,5,6,7} --out runs/E --seed 5 \
+    --init-weights runs/D/last.pt --lr 3e-5 --max-minutes 8
+
+$CVM eval --weights runs/E/last.pt --data $W/test-7777 --json --baseline random --baseline histogram \
+    > runs/test-7777-panorama.json
+$CVM eval --weights runs/E/last.pt --data $W/test-7777 --queries photo --json > runs/test-7777-photo.json
+.venv/bin/python scripts/export_weights.py runs/E/last.pt model/weights/cvm-net-i-cpu.pt \
+    --metrics runs/test-7777-panorama.json --lineage "scripts/train_shipped.sh: A -> B -> C -> D -> E"

@@ -124,10 +124,11 @@ def write_index(index: Any, folder: Path, meta: dict[str, Any]) -> None:
     full = {"metric": "inner_product", "d": int(index.d), "ntotal": int(index.ntotal), **meta}
     (folder / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True))
     for name in (INDEX_FILE, META_FILE):
-        _fsync(folder / name)
+        fsync_path(folder / name)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or a folder (its entries, after a rename) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

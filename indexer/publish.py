@@ -129,16 +129,8 @@ def write_and_rename(ctx: BuildContext, index: Any, meta: dict[str, Any]) -> Pat
     # referenced by any build row yet, so replacing it is safe.
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync_dir(ctx.index_root)
+    faiss_index.fsync_path(ctx.index_root)
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def merge_stage(ctx: BuildContext, planned: int, kind: str, use_gpu: bool, activate: bool) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from model.transforms import (
     prepare_ground,
     prepare_photo,
     prepare_satellite,
+    rotate_flip_pair,
 )
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,11 @@ def set_epoch(dataset: Dataset, epoch: int) -> None:
 class PairDataset(Dataset):
     """Pairs from a list of `PairRecord`s, prepared for a model with preprocessing `prep`.
 
-    augment: random satellite crop/rotation (`augment_satellite`), and with probability
-    `photo_fraction` the panorama is replaced by a random-heading 60-90 degree crop fed through
-    `prepare_photo` (so that ordinary photos are seen in training).
+    augment: random satellite crop/rotation (`augment_satellite`, the original's), or with
+    `aligned` a random mirror and quarter turn of the whole scene that keeps the panorama
+    north-aligned with the tile (`rotate_flip_pair`); and with probability `photo_fraction` the
+    panorama is replaced by a random-heading 60-90 degree crop fed through `prepare_photo` (so
+    that ordinary photos are seen in training).
     Records whose files are missing are dropped at construction (listed in `missing`).
     """
 
@@ -151,11 +154,13 @@ class PairDataset(Dataset):
         augment: bool = False,
         photo_fraction: float = 0.0,
         seed: int = 0,
+        aligned: bool = False,
     ) -> None:
         if not 0.0 <= photo_fraction <= 1.0:
             raise ValueError(f"photo_fraction must be in [0, 1], got {photo_fraction}")
         self.prep = prep
         self.augment = augment
+        self.aligned = aligned
         self.photo_fraction = photo_fraction
         self.seed = seed
         self.epoch = 0
@@ -186,6 +191,9 @@ class PairDataset(Dataset):
         self, rec: PairRecord, grd_rgb: np.ndarray, sat_rgb: np.ndarray, index: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rng = self.rng(index) if self.augment else None
+        if rng is not None and self.aligned:
+            turns, mirror = int(rng.integers(0, 4)), bool(rng.random() < 0.5)
+            grd_rgb, sat_rgb = rotate_flip_pair(grd_rgb, sat_rgb, turns, mirror, rec.grd_fov_deg is None)
         if rec.grd_fov_deg is not None:
             grd = prepare_photo(grd_rgb, self.prep, fov_deg=rec.grd_fov_deg)
         elif rng is not None and self.photo_fraction > 0 and rng.random() < self.photo_fraction:
@@ -193,7 +201,7 @@ class PairDataset(Dataset):
             grd = prepare_photo(crop, self.prep, fov_deg=fov)
         else:
             grd = prepare_ground(grd_rgb, self.prep)
-        if rng is not None:
+        if rng is not None and not self.aligned:
             sat_rgb = augment_satellite(sat_rgb, rng)
         return grd, prepare_satellite(sat_rgb, self.prep)
 
@@ -294,6 +302,7 @@ class CVUSADataset(PairDataset):
         photo_fraction: float = 0.0,
         seed: int = 0,
         photos: Mapping[str, tuple[Path, float]] | None = None,
+        aligned: bool = False,
     ) -> None:
         if prep is None:
             raise ValueError("CVUSADataset needs the model's Preprocessing (prep=...)")
@@ -303,7 +312,7 @@ class CVUSADataset(PairDataset):
         records = read_cvusa_split(self.root, split)
         if photos is not None:
             records = [PairRecord(r.key, r.sat, *photos[r.key]) if r.key in photos else r for r in records]
-        super().__init__(records, prep, augment, photo_fraction, seed)
+        super().__init__(records, prep, augment, photo_fraction, seed, aligned)
         self.split = split
 
     def locations(self) -> np.ndarray | None:

@@ -77,6 +77,9 @@ class TrainConfig:
     workers: int = 0
     photo_fraction: float = 0.0
     augment: bool = True
+    # Mirror/turn the whole scene instead of the original's satellite-only crop and rotation
+    # (`rotate_flip_pair`): keeps panoramas north-aligned with their tiles.
+    aligned_augment: bool = False
     max_minutes: float | None = None
     checkpoint_minutes: float = 5.0
     backbone_weights: str | None = None
@@ -186,7 +189,15 @@ def build_train_dataset(cfg: TrainConfig, prep: Preprocessing) -> TrainDataset:
         root, _ = resolve_data_root(data)
         # A distinct augmentation seed per folder, so that equal indices of two worlds differ.
         parts.append(
-            CVUSADataset(root, "train", prep, cfg.augment, cfg.photo_fraction, seed=cfg.seed * 1000 + k)
+            CVUSADataset(
+                root,
+                "train",
+                prep,
+                cfg.augment,
+                cfg.photo_fraction,
+                seed=cfg.seed * 1000 + k,
+                aligned=cfg.aligned_augment,
+            )
         )
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 

@@ -142,6 +142,31 @@ def prepare_photo(rgb: np.ndarray, prep: Preprocessing, fov_deg: float = 90.0) -
     return canvas
 
 
+def rotate_flip_pair(
+    ground: np.ndarray, sat: np.ndarray, quarter_turns: int, mirror: bool, panorama: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn the whole scene of a pair about the camera and keep both views consistent.
+
+    The satellite tile is mirrored east-west (when `mirror`) and then turned counter-clockwise by
+    90 degrees `quarter_turns` times, so that it stays a north-up tile of a different, equally
+    plausible world. The panorama (north at column 0, azimuth growing clockwise) gets the same
+    transform: mirroring reverses its columns, and a counter-clockwise quarter turn brings what
+    was east to north, i.e. rolls the columns left by a quarter of the width. Unlike
+    `augment_satellite`, this keeps the north alignment that the views share, so the model still
+    learns north-aligned matching while seeing eight variants of every pair. A perspective photo
+    (`panorama=False`) has no known heading: a turn leaves it as it is, a mirror mirrors it.
+    Returns new contiguous uint8 arrays.
+    """
+    _check_rgb(ground, "ground image")
+    _check_rgb(sat, "satellite image")
+    k = quarter_turns % 4
+    if mirror:
+        ground, sat = ground[:, ::-1], sat[:, ::-1]
+    if panorama and k:
+        ground = np.roll(ground, -round(k * ground.shape[1] / 4), axis=1)
+    return np.ascontiguousarray(ground), np.ascontiguousarray(np.rot90(sat, k=k))
+
+
 def augment_satellite(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The original's training augmentation of a square satellite tile (size s):
 

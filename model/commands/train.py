@@ -43,7 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="probability of replacing a panorama by a 60-90 degree photo-like crop",
     )
     parser.add_argument(
-        "--no-augment", dest="augment", action="store_false", help="no satellite crop/rotation augmentation"
+        "--augment",
+        choices=("original", "aligned", "none"),
+        default="original",
+        help="original: the paper's satellite crop/rotation; aligned: mirror and quarter-turn the "
+        "whole scene, keeping panoramas north-aligned with their tiles; none",
+    )
+    parser.add_argument(
+        "--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none"
     )
     parser.add_argument(
         "--max-minutes",
@@ -114,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             threads=args.threads,
             photo_fraction=args.photo_fraction,
-            augment=args.augment,
+            augment=args.augment != "none",
+            aligned_augment=args.augment == "aligned",
             max_minutes=args.max_minutes,
             checkpoint_minutes=args.checkpoint_minutes,
             backbone_weights=args.backbone_weights,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 
@@ -20,6 +21,7 @@ from model.transforms import (
     prepare_ground,
     prepare_photo,
     prepare_satellite,
+    rotate_flip_pair,
 )
 
 BGR_PREP = Preprocessing(sat_size=2, grd_size=(8, 40))
@@ -217,3 +219,43 @@ def test_augment_satellite_probabilities():
     assert identities / (trials - crops) == pytest.approx(0.4, abs=0.03)
     with pytest.raises(ValueError, match="square tile"):
         augment_satellite(np.zeros((4, 5, 3), dtype=np.uint8), rng)
+
+
+def _marker_scene(east: int, north: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 41x41 tile with one bright pixel east/north pixels from the centre, and a 16x64
+    panorama (north at column 0, azimuth clockwise) with one bright column towards it."""
+    sat = np.zeros((41, 41, 3), dtype=np.uint8)
+    sat[20 - north, 20 + east] = 255
+    pano = np.zeros((16, 64, 3), dtype=np.uint8)
+    azimuth = math.degrees(math.atan2(east, north)) % 360
+    pano[:, int(azimuth / 360 * 64)] = 255
+    return pano, sat
+
+
+def _bright_azimuths(pano: np.ndarray, sat: np.ndarray) -> tuple[float, float]:
+    """Azimuth (degrees clockwise from north) of the bright column and of the bright tile pixel."""
+    col = int(np.argmax(pano[0, :, 0]))
+    row, x = np.argwhere(sat[:, :, 0] == 255)[0]
+    tile_az = math.degrees(math.atan2(x - 20, 20 - row)) % 360
+    return (col + 0.5) / pano.shape[1] * 360, tile_az
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3, 5])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_rotate_flip_pair_keeps_panorama_and_tile_aligned(turns: int, mirror: bool) -> None:
+    # A landmark 30 degrees east of north: after any turn/mirror, the panorama must still look
+    # towards it at the azimuth where the north-up tile shows it (within one column, 5.6 deg).
+    pano, sat = _marker_scene(east=7, north=12)  # atan2(7, 12) = 30.3 degrees
+    new_pano, new_sat = rotate_flip_pair(pano, sat, turns, mirror)
+    pano_az, tile_az = _bright_azimuths(new_pano, new_sat)
+    expected = ((-30.0 if mirror else 30.0) - 90.0 * turns) % 360  # counter-clockwise turns
+    assert abs((tile_az - expected + 180) % 360 - 180) < 0.5
+    assert abs((pano_az - tile_az + 180) % 360 - 180) < 360 / 64
+    assert new_pano.flags.c_contiguous and new_sat.flags.c_contiguous
+
+
+def test_rotate_flip_pair_leaves_photo_heading_but_mirrors_it() -> None:
+    photo = np.arange(2 * 5 * 3, dtype=np.uint8).reshape(2, 5, 3)
+    sat = np.zeros((4, 4, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(rotate_flip_pair(photo, sat, 1, False, panorama=False)[0], photo)
+    np.testing.assert_array_equal(rotate_flip_pair(photo, sat, 3, True, panorama=False)[0], photo[:, ::-1])

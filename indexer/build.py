@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,10 @@ from indexer.embed import (
     embed_shard,
     load_shard,
     prefetch,
-    read_chip,
+    read_run,
     shard_files,
     shard_path,
+    tile_runs,
     write_shard,
 )
 from indexer.errors import InputRejected, UsageError
@@ -88,6 +90,8 @@ class BuildContext:
     build_id: int = 0
     resumed: bool = False
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    # this run's stage times (s), added to the build's stored ones in the publishing transaction
+    run_timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def work_dir(self) -> Path:
@@ -281,7 +285,7 @@ def embed_stage(ctx: BuildContext, params: dict[str, Any], planned: int, opts: B
     prep = ctx.loaded.config.preprocessing
     sources = {p: RasterInfo.from_dict(d) for p, d in params.get("sources", {}).items()}
     reader = ChipReader(sources, prep.sat_size)
-    embedder = Embedder(ctx.loaded.model, ctx.device)
+    embedder = Embedder(ctx.loaded.model, ctx.device, prep)
     batch, dim = int(params["batch_size"]), ctx.loaded.config.out_dim
     failed = _failed_sources(shard_dir)
     bar = tqdm(total=planned, unit="tile", disable=not opts.progress, desc="embedding", mininterval=1.0)
@@ -299,7 +303,10 @@ def embed_stage(ctx: BuildContext, params: dict[str, Any], planned: int, opts: B
 
     threads = opts.read_threads or default_read_threads()
     with ThreadPoolExecutor(threads, thread_name_prefix="tile-reader") as pool:
-        chips = prefetch(lambda t: read_chip(reader, prep, t, failed), tasks(), pool, depth=4 * batch)
+        runs = tile_runs(tasks(), max_tiles=batch)
+        chips = chain.from_iterable(
+            prefetch(lambda r: read_run(reader, prep, r, failed), runs, pool, depth=4)
+        )
         for first in chips:
             shard = queued.popleft()
             arrays = embed_shard(_take(first, chips, len(shard), bar), embedder, batch, dim)

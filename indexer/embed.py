@@ -1,7 +1,9 @@
 """Embedding stage: tile chips -> satellite-branch descriptors, written as resumable shards.
 
 Reader threads read and prepare chips ahead of the model through a bounded, ordered queue of
-futures, so the forward pass does not wait for I/O. Tiles are grouped into shards of a fixed
+futures, so the forward pass does not wait for I/O. They work in runs of consecutive tiles of one
+tile row (`tile_runs`), read together (`ChipReader.read_row`), and hand over model-size uint8
+chips; the float normalisation is done per batch (`to_input`). Tiles are grouped into shards of a fixed
 number of consecutive tile ids; each shard's descriptors go to `shard-<first id>.npz`, written
 under a temporary name and renamed, so a shard file either is complete or does not exist. Batches
 never cross a shard boundary, which makes a resumed build compute exactly the same batches (hence
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import cv2
 import numpy as np
 import torch
 from rasterio.errors import RasterioError
@@ -27,11 +30,13 @@ from rasterio.windows import Window
 
 from indexer.tiles import ChipReader
 from model.config import Preprocessing
-from model.transforms import ImageLoadError, load_image_rgb, prepare_satellite
+from model.transforms import ImageLoadError, load_image_rgb
 
 OK, NODATA, FAILED = 0, 1, 2
 # A tile is skipped when more than half of it is nodata / alpha-masked.
 MIN_VALID_FRACTION = 0.5
+# Source pixels of the tiles of one read run: bounds the band of rows read for it (~12 MB RGB).
+RUN_MAX_PX = 4_000_000
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,28 +53,86 @@ class TileTask:
 
 @dataclass(frozen=True)
 class Chip:
-    """A read tile: (3, S, S) float32 input when status is OK, else the reason it has none."""
+    """A read tile: its (S, S, 3) uint8 RGB model-size pixels when status is OK, else the reason
+    it has none. Normalisation to model input happens per batch (`to_input`)."""
 
     task: TileTask
     status: int
-    tensor: torch.Tensor | None = None
+    pixels: np.ndarray | None = None
     error: str | None = None
 
 
-def read_chip(reader: ChipReader, prep: Preprocessing, task: TileTask, failed: set[str]) -> Chip:
-    """Read and prepare one tile; never raises for a bad input (returns a FAILED chip instead)."""
-    if task.source in failed:
-        return Chip(task, FAILED, error="an earlier tile of this file could not be read")
+def row_key(task: TileTask) -> tuple[Any, ...]:
+    """Tiles with the same key lie in one tile row of one raster (same row offset and height)."""
+    if task.window is None:
+        return (task.id,)
+    return (task.source, task.window[1], task.window[3])
+
+
+def tile_runs(
+    tasks: Iterable[TileTask], max_tiles: int, max_px: int = RUN_MAX_PX
+) -> Iterator[list[TileTask]]:
+    """Consecutive tasks of one tile row, in order, at most `max_tiles` and about `max_px` source
+    pixels of tiles a run (so that the band read for a run stays small)."""
+    run: list[TileTask] = []
+    px = 0.0
+    for task in tasks:
+        area = task.window[2] * task.window[3] if task.window else 0.0
+        if run and (len(run) >= max_tiles or px + area > max_px or row_key(task) != row_key(run[0])):
+            yield run
+            run, px = [], 0.0
+        run.append(task)
+        px += area
+    if run:
+        yield run
+
+
+def read_run(reader: ChipReader, prep: Preprocessing, run: list[TileTask], failed: set[str]) -> list[Chip]:
+    """Read and prepare one run of `tile_runs`; never raises for a bad input (FAILED chips instead).
+
+    A failed read fails every tile of the run: they share one read, and a file with any failed
+    read is dropped whole anyway.
+    """
+    first = run[0]
+    if first.source in failed:
+        return [Chip(t, FAILED, error="an earlier tile of this file could not be read") for t in run]
     try:
-        if task.window is None:
-            rgb, valid = load_image_rgb(task.source), 1.0
+        if first.window is None:
+            read = [(load_image_rgb(first.source), 1.0)]
         else:
-            rgb, valid = reader.read_window(task.source, Window(*task.window))
+            read = reader.read_row(first.source, [Window(*t.window) for t in run])  # type: ignore[misc]
+        return [_chip(t, rgb, valid, prep.sat_size) for t, (rgb, valid) in zip(run, read, strict=True)]
     except (RasterioError, ImageLoadError, OSError, ValueError) as exc:
-        return Chip(task, FAILED, error=f"cannot read pixels ({_gdal_reason(exc)})")
+        return [Chip(t, FAILED, error=f"cannot read pixels ({_gdal_reason(exc)})") for t in run]
+
+
+def read_chip(reader: ChipReader, prep: Preprocessing, task: TileTask, failed: set[str]) -> Chip:
+    """Read and prepare one tile (as `read_run` would within its run)."""
+    return read_run(reader, prep, [task], failed)[0]
+
+
+def _chip(task: TileTask, rgb: np.ndarray, valid: float, size: int) -> Chip:
     if valid < MIN_VALID_FRACTION:
         return Chip(task, NODATA)
-    return Chip(task, OK, prepare_satellite(rgb, prep))
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
+        raise ValueError(f"tile pixels have shape {rgb.shape}")
+    if rgb.shape[:2] != (size, size):
+        # cv2 INTER_AREA, the resize of prepare_satellite (the preprocessing of training)
+        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+    return Chip(task, OK, rgb)
+
+
+def to_input(pixels: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """(b, S, S, 3) uint8 RGB -> (b, 3, S, S) float32 model input, with the same arithmetic as
+    prepare_satellite (channel order, float32 (x - mean) / std), done once for the whole batch."""
+    if prep.channel_order not in ("BGR", "RGB"):
+        raise ValueError(f"unknown channel_order {prep.channel_order!r}; expected 'BGR' or 'RGB'")
+    x = pixels[..., ::-1] if prep.channel_order == "BGR" else pixels
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float()
+    t.sub_(torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1))
+    if any(s != 1.0 for s in prep.std):  # x / 1.0 is x: skip a pass over the batch
+        t.div_(torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1))
+    return t
 
 
 def _gdal_reason(exc: BaseException) -> str:
@@ -95,15 +158,17 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], pool: ThreadPoolExecutor,
 
 
 class Embedder:
-    """The satellite branch of a loaded model on a device: (b, 3, S, S) -> (b, d) float32 numpy."""
+    """The satellite branch of a loaded model on a device: (b, S, S, 3) uint8 chips -> (b, d)
+    float32 numpy."""
 
-    def __init__(self, net: Any, device: torch.device) -> None:
+    def __init__(self, net: Any, device: torch.device, prep: Preprocessing) -> None:
         self.net = net.to(device).eval()
         self.device = device
+        self.prep = prep
 
     @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        x = batch.to(self.device, non_blocking=True)
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        x = to_input(pixels, self.prep).to(self.device, non_blocking=True)
         return self.net.embed_satellite(x).float().cpu().numpy()
 
 
@@ -119,7 +184,7 @@ def embed_shard(chips: Iterable[Chip], embedder: Embedder, batch_size: int, dim:
 
     def flush() -> None:
         if batch:
-            out = embedder(torch.stack([c.tensor for c in batch if c.tensor is not None]))
+            out = embedder(np.stack([c.pixels for c in batch if c.pixels is not None]))
             vectors.extend(out)
             batch.clear()
 

@@ -36,6 +36,7 @@ class MergePlan:
     """Which shard rows go into the index: `keep` ids, and why the others were dropped."""
 
     keep: np.ndarray  # (n,) int64, increasing
+    drop: np.ndarray  # the other planned ids (nodata, or of a failed file)
     bad: np.ndarray  # (m,) int64 ids of tiles of files whose reads failed
     nodata: int
     failed_tiles: int
@@ -62,10 +63,10 @@ def plan_merge(ctx: BuildContext, planned: int) -> MergePlan:
     if len(all_ids) != planned or (len(all_ids) > 1 and np.any(np.diff(all_ids) <= 0)):
         raise IndexerError(f"{shard_dir}: shards hold {len(all_ids)} tiles, {planned} were planned")
     bad = _ids_of_sources(ctx, sorted(failed))
-    ok = (all_status == OK) & ~np.isin(all_ids, bad)
-    n_failed = int(np.isin(all_ids, bad).sum())
-    nodata = int(((all_status == NODATA) & ~np.isin(all_ids, bad)).sum())
-    return MergePlan(all_ids[ok], bad, nodata, n_failed, failed)
+    is_bad = np.isin(all_ids, bad)
+    ok = (all_status == OK) & ~is_bad
+    nodata = int(((all_status == NODATA) & ~is_bad).sum())
+    return MergePlan(all_ids[ok], all_ids[~ok], bad, nodata, int(is_bad.sum()), failed)
 
 
 def _ids_of_sources(ctx: BuildContext, sources: list[str]) -> np.ndarray:
@@ -77,12 +78,15 @@ def _ids_of_sources(ctx: BuildContext, sources: list[str]) -> np.ndarray:
 
 
 def drop_tiles(ctx: BuildContext, plan: MergePlan) -> None:
-    """Delete the rows of tiles that will not be in the index (one transaction)."""
+    """Delete the rows of tiles that will not be in the index (one transaction, none if none).
+
+    The shards cover every planned row (checked by plan_merge), so the rows to drop are known
+    without reading the catalogue; deleting rows a killed earlier merge already deleted is a no-op.
+    """
+    if len(plan.drop) == 0:
+        return
     with session_scope(ctx.engine) as session:
-        stmt = select(Tile.id).where(Tile.build_id == ctx.build_id)
-        present = np.asarray(list(session.scalars(stmt)), dtype=np.int64)
-        drop = present[~np.isin(present, plan.keep)]
-        catalog.delete_tiles(session, [int(i) for i in drop])
+        catalog.delete_tiles(session, [int(i) for i in plan.drop])
 
 
 def _kept_blocks(ctx: BuildContext, bad: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -133,8 +137,14 @@ def write_and_rename(ctx: BuildContext, index: Any, meta: dict[str, Any]) -> Pat
     return final
 
 
-def merge_stage(ctx: BuildContext, planned: int, kind: str, use_gpu: bool, activate: bool) -> dict[str, Any]:
-    """Stage 3: drop, index, write, publish. Returns the final counts/stats of the build."""
+def merge_stage(
+    ctx: BuildContext, planned: int, kind: str, use_gpu: bool, activate: bool, run_started: float
+) -> dict[str, Any]:
+    """Stage 3: drop, index, write, publish. Returns the final counts/stats of the build.
+
+    The publishing transaction also records this run's timings (ctx.run_timings, and total_s
+    since `run_started`, a perf_counter value).
+    """
     started = time.perf_counter()
     plan = plan_merge(ctx, planned)
     drop_tiles(ctx, plan)
@@ -149,7 +159,7 @@ def merge_stage(ctx: BuildContext, planned: int, kind: str, use_gpu: bool, activ
         "rejected": [list(r) for r in rejected],
     }
     if len(plan.keep) == 0:
-        _finish(ctx, "failed", counts, {}, None, None, activate=False)
+        _finish(ctx, "failed", counts, {}, None, None, activate=False, run_started=run_started)
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
         return {"status": "failed", "counts": counts}
     index, spec, stats = build_index(ctx, plan, kind, use_gpu)
@@ -158,7 +168,7 @@ def merge_stage(ctx: BuildContext, planned: int, kind: str, use_gpu: bool, activ
     folder = write_and_rename(ctx, index, meta)
     stats["index_s"] = round(time.perf_counter() - started, 3)
     status = "partial" if rejected else "complete"
-    _finish(ctx, status, counts, stats, folder, spec, activate=activate)
+    _finish(ctx, status, counts, stats, folder, spec, activate=activate, run_started=run_started)
     shutil.rmtree(ctx.work_dir, ignore_errors=True)
     return {
         "status": status,
@@ -167,6 +177,14 @@ def merge_stage(ctx: BuildContext, planned: int, kind: str, use_gpu: bool, activ
         "index_type": spec.kind,
         "factory": spec.factory,
     }
+
+
+def add_timings(stored: dict[str, Any], run: dict[str, float]) -> dict[str, Any]:
+    """A resumed build adds the time of this run to that of the interrupted ones."""
+    merged = dict(stored)
+    for key, value in run.items():
+        merged[key] = round(float(merged.get(key) or 0.0) + value, 3)
+    return merged
 
 
 def _finish(
@@ -178,6 +196,7 @@ def _finish(
     spec: Any,
     *,
     activate: bool,
+    run_started: float,
 ) -> None:
     """The publishing transaction: the build's final state and, when asked, its activation."""
     with session_scope(ctx.engine) as session:
@@ -185,7 +204,8 @@ def _finish(
         build.status = status
         build.counts = counts
         stats = dict(stats)
-        build.timings = {**build.timings, "index_s": stats.pop("index_s", None)}
+        run = {**ctx.run_timings, "total_s": time.perf_counter() - run_started}
+        build.timings = {**add_timings(build.timings, run), "index_s": stats.pop("index_s", None)}
         build.stats = {**build.stats, **stats}
         build.n_tiles = counts["indexed"]
         build.finished_at = datetime.now(UTC)

@@ -6,9 +6,10 @@ the raster's top-left corner; only whole tiles inside the raster are kept. The l
 Tiles follow the CRS's grid north (exact for Mercator and geographic rasters; in UTM, grid north
 differs from true north by the meridian convergence, at most a few degrees).
 
-Reading: each tile is read through its own pixel window (`ChipReader.read_window`); a tile much
-larger than the model input is read with out_shape = the input size, so GDAL uses overviews. The
-whole raster is never loaded.
+Reading: tiles are read through pixel windows (`ChipReader.read_row`): a tile much larger than the
+model input on its own with out_shape = the input size, so GDAL uses overviews; smaller ones cut
+from one native-resolution read of the band of rows of their tile row. The whole raster is never
+loaded.
 """
 
 from __future__ import annotations
@@ -155,32 +156,46 @@ class ChipReader:
         self._local = threading.local()
 
     def read_window(self, source: str, window: Window) -> tuple[np.ndarray, float]:
-        """(h, w, 3) uint8 RGB chip of `window` and its valid (not nodata / masked) fraction.
+        """(h, w, 3) uint8 RGB chip of `window` and its valid (not nodata / masked) fraction."""
+        return self.read_row(source, [window])[0]
+
+    def read_row(self, source: str, windows: list[Window]) -> list[tuple[np.ndarray, float]]:
+        """Chips of tiles of one tile row (windows sharing row_off and height), as `read_window`.
 
         A window at least twice the model input is read with out_shape = (S, S), so GDAL
-        averages (from an overview when there is one); a smaller one is read at native
+        averages (from an overview when there is one). Smaller ones are read at native
         resolution, snapped to whole pixels (at most half a pixel off), and left to
-        prepare_satellite's INTER_AREA resize, the preprocessing the weights were trained with.
+        prepare_satellite's INTER_AREA resize, the preprocessing the weights were trained with;
+        these are cut from ONE read of the band of rows the windows span, since neighbouring
+        tiles overlap (half of each at the default stride) and reading each window on its own
+        decodes and converts the same pixels again. Slicing a native-resolution band gives the
+        very pixels each window's own read would.
         """
-        info = self.sources[source]
         ds = self._dataset(source)
-        s = self.out_size
-        if window.width >= 2 * s:
-            shape: tuple[int, int] = (s, s)
-            data = ds.read(
-                list(info.bands), window=window, out_shape=(3, *shape), resampling=Resampling.average
-            )
-        else:
-            window = Window(
-                *(round(v) for v in (window.col_off, window.row_off, window.width, window.height))
-            )
-            data = ds.read(list(info.bands), window=window)
-            shape = data.shape[1:]
+        if windows[0].width >= 2 * self.out_size:
+            return [self._read_resampled(ds, self.sources[source], w) for w in windows]
+        return self._read_band(ds, self.sources[source], [snap_window(w) for w in windows])
+
+    def _read_resampled(self, ds: Any, info: RasterInfo, window: Window) -> tuple[np.ndarray, float]:
+        shape = (self.out_size, self.out_size)
+        data = ds.read(list(info.bands), window=window, out_shape=(3, *shape), resampling=Resampling.average)
         rgb = np.ascontiguousarray(to_uint8(data, info.stretch).transpose(1, 2, 0))
-        if all(flag == [MaskFlags.all_valid] for flag in ds.mask_flag_enums):
-            return rgb, 1.0  # no nodata, alpha or mask band: nothing to count
-        mask = ds.dataset_mask(window=window, out_shape=shape)
-        return rgb, float(np.count_nonzero(mask)) / mask.size
+        mask = None if _all_valid(ds) else ds.dataset_mask(window=window, out_shape=shape)
+        return rgb, _valid_fraction(mask)
+
+    def _read_band(self, ds: Any, info: RasterInfo, windows: list[Window]) -> list[tuple[np.ndarray, float]]:
+        left = min(w.col_off for w in windows)
+        right = max(w.col_off + w.width for w in windows)
+        band = Window(left, windows[0].row_off, right - left, windows[0].height)
+        rgb = np.ascontiguousarray(
+            to_uint8(ds.read(list(info.bands), window=band), info.stretch).transpose(1, 2, 0)
+        )
+        mask = None if _all_valid(ds) else ds.dataset_mask(window=band)
+        chips = []
+        for w in windows:
+            cols = slice(w.col_off - left, w.col_off - left + w.width)
+            chips.append((rgb[:, cols], _valid_fraction(None if mask is None else mask[:, cols])))
+        return chips
 
     def _dataset(self, source: str) -> Any:
         cache: dict[str, Any] | None = getattr(self._local, "cache", None)
@@ -199,3 +214,17 @@ class ChipReader:
         for ds in getattr(self._local, "cache", {}).values():
             ds.close()
         self._local.cache = {}
+
+
+def snap_window(window: Window) -> Window:
+    """`window` on whole pixels (each of offset and size rounded on its own)."""
+    return Window(*(round(v) for v in (window.col_off, window.row_off, window.width, window.height)))
+
+
+def _all_valid(ds: Any) -> bool:
+    """No nodata, alpha or mask band: there is nothing to count."""
+    return all(flag == [MaskFlags.all_valid] for flag in ds.mask_flag_enums)
+
+
+def _valid_fraction(mask: np.ndarray | None) -> float:
+    return 1.0 if mask is None else float(np.count_nonzero(mask)) / mask.size

@@ -118,7 +118,8 @@ def _check_sample(
     if unreadable:
         report.add("re-embed", False, f"tiles {unreadable[:5]} no longer read as valid imagery")
         return
-    fresh = Embedder(loaded.model, torch.device("cpu"))(torch.stack([c.tensor for c in chips]))  # type: ignore[misc]
+    embedder = Embedder(loaded.model, torch.device("cpu"), loaded.config.preprocessing)
+    fresh = embedder(np.stack([c.pixels for c in chips]))  # type: ignore[misc]
     stored = faiss_index.stored_vectors(index, ids)
     diff = float(np.abs(faiss_index.encode_decode(index, fresh) - stored).max())
     report.add(

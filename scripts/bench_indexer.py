@@ -11,6 +11,7 @@ weights, not their quality). The raster is a generated 3-band UTM GeoTIFF at 0.5
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from rasterio.transform import Affine
 
 from indexer import faiss_index as fi
-from indexer.build import BuildOptions
+from indexer.build import BuildOptions, default_read_threads
 from indexer.catalog import get_build
 from indexer.db import make_engine, session_scope
 from indexer.runner import run_build
@@ -98,6 +99,7 @@ def main() -> None:
     p.add_argument("--vectors", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=3, help="alternating runs; the best of each is kept")
     args = p.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         weights = args.weights
@@ -117,8 +119,12 @@ def main() -> None:
         d = load_checkpoint(weights).config.out_dim
     print(
         f"tiles: {n} ({args.size_px} px raster), batch {args.batch_size}, device {args.device}, "
-        f"torch threads {torch.get_num_threads()}, best of {args.repeat}"
+        f"torch threads {torch.get_num_threads()}, read threads {default_read_threads()}, "
+        f"best of {args.repeat}"
     )
+    # the ratios only mean something on an otherwise idle machine: say how busy it was (the
+    # benchmark itself keeps both cores busy, so the load average after it says nothing)
+    print(f"load average (1 min) before the run: {load_before:.2f}")
     print(f"pure forward (embed_satellite):  {pure:8.1f} tiles/s")
     print(f"embedding stage (read+embed):    {embed:8.1f} tiles/s  ratio {embed / pure:.2f}")
     print(f"whole build (plan..publish):     {whole:8.1f} tiles/s  ratio {whole / pure:.2f}")

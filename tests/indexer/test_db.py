@@ -89,6 +89,25 @@ def test_insert_tiles_returns_ids_in_input_order(db_url: str) -> None:
     engine.dispose()
 
 
+def test_insert_tiles_mixes_raster_and_pre_cut_rows(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    window = dict(col_off=1.5, row_off=2.5, width=127.3, height=127.3, crs="EPSG:32633", gsd_m=0.55)
+    with session_scope(engine) as s:
+        b = _build()
+        s.add(b)
+        s.flush()
+        # raster tiles carry pixel-window columns, pre-cut tiles of the same build do not
+        rows = [{**_tile(b.id, 0), **window}, _tile(b.id, 1), {**_tile(b.id, 2), **window}]
+        ids = catalog.insert_tiles(s, rows)
+    with session_scope(engine) as s:
+        tiles = catalog.get_tiles(s, ids)
+        assert [tiles[i].source for i in ids] == ["/data/0.tif", "/data/1.tif", "/data/2.tif"]
+        assert [tiles[i].col_off for i in ids] == [1.5, None, 1.5]
+        assert tiles[ids[2]].crs == "EPSG:32633" and tiles[ids[1]].crs is None
+    engine.dispose()
+
+
 def test_activate_switches_the_single_active_build(db_url: str) -> None:
     upgrade(db_url)
     engine = make_engine(db_url)

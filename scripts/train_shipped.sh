@@ -28,8 +28,14 @@ $CVM train "${common[@]}" --threads 2 --data $W/train-10{1,2,3,4,5,6,7} --out ru
 $CVM train "${common[@]}" --threads 2 --data $W/train-10{1,2,3,4,5,6,7} --out runs/E --seed 5 \
     --init-weights runs/D/last.pt --lr 3e-5 --max-minutes 8
 
-$CVM eval --weights runs/E/last.pt --data $W/test-7777 --json --baseline random --baseline histogram \
-    > runs/test-7777-panorama.json
-$CVM eval --weights runs/E/last.pt --data $W/test-7777 --queries photo --json > runs/test-7777-photo.json
-.venv/bin/python scripts/export_weights.py runs/E/last.pt model/weights/cvm-net-i-cpu.pt \
-    --metrics runs/test-7777-panorama.json --lineage "scripts/train_shipped.sh: A -> B -> C -> D -> E"
+# Stages F and G ran on a machine with one GPU and 16 cores (runs/E/last.pt was the shipped file
+# then): `OUT=runs/F scripts/train_gpu.sh` renders 30 fresh worlds and trains four variants from
+# those weights for about 5 minutes; G continued F-aligned-b24 on the same worlds, same machine:
+#   cvm train --arch cvm-net-i --preset cpu --device cuda --workers 13 --threads 1 --epochs 1000 \
+#       --init-weights F-aligned-b24/last.pt --val-data val-201 --max-minutes 3.6 --augment aligned \
+#       --batch-size 24 --seed 10 --data <the 30 complete worlds> --out runs/G
+# Then, here:
+$CVM eval --weights runs/G/best.pt --data $W/test-7777 --json > runs/G-test-7777.json
+.venv/bin/python scripts/export_weights.py runs/G/best.pt model/weights/cvm-net-i-cpu.pt \
+    --metrics runs/G-test-7777.json \
+    --lineage "scripts/train_shipped.sh: A -> B -> C -> D -> E (2 CPU cores); scripts/train_gpu.sh: F-aligned-b24 -> G (one GPU)"

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tiles", type=int, default=10_000, help="tiles in the benchmark index")
     p.add_argument("--requests", type=int, default=100, help="sequential requests for the latency part")
     p.add_argument("--duration-s", type=float, default=10.0, help="seconds per throughput level")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="CVM_TORCH_THREADS of server and forward alone (0: default)",
+    )
     p.add_argument("--port", type=int, default=8123)
     return p.parse_args()
 
@@ -134,30 +141,35 @@ def make_catalogue(tmp: Path, weights: Path, n_tiles: int, dim: int) -> str:
 
 
 class Forward:
-    """The ground branch alone, in this process, on the prepared query image."""
+    """The ground branch alone, in this process, on the prepared query image.
 
-    def __init__(self, weights: Path, image: bytes) -> None:
-        from service.localizer import Localizer
-        from service.snapshot import set_search_threads
+    It runs in a dedicated thread, as the server's forward passes do, with the server's torch
+    thread count (--torch-threads = CVM_TORCH_THREADS). FAISS's thread count is not set here:
+    OpenMP counts are per thread and, with one OpenMP runtime for both, it would set torch's too.
+    """
 
-        # As the server does (CVM_SEARCH_THREADS=1): FAISS's OpenMP pool next to torch's slows torch.
-        set_search_threads(1)
+    def __init__(self, weights: Path, image: bytes, torch_threads: int) -> None:
+        from service.localizer import Localizer, set_torch_threads
 
+        set_torch_threads(torch_threads)
         self.loc = Localizer.from_checkpoint(weights)
         self.x, _, _, _ = self.loc.prepare(image, None)
         self.dim = self.loc.out_dim
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward-alone")
 
     def once_ms(self) -> float:
         """One batch-1 forward, ms."""
-        return _timed(self.loc.embed, self.x[None]) * 1000.0
+        return self._thread.submit(_timed, self.loc.embed, self.x[None]).result() * 1000.0
 
     def rates(self) -> dict[int, float]:
         """Images/s by batch size (median of a few runs each)."""
         out = {}
         for b in (1, 2, 4, 8, 16, 32):
             batch = self.x[None].expand(b, -1, -1, -1).contiguous()
-            runs = [_timed(self.loc.embed, batch) for _ in range(max(3, 48 // b))][1:]
-            out[b] = b / statistics.median(runs)
+            runs = [
+                self._thread.submit(_timed, self.loc.embed, batch).result() for _ in range(max(3, 48 // b))
+            ]
+            out[b] = b / statistics.median(runs[1:])
         return out
 
 
@@ -167,8 +179,14 @@ def _timed(fn, arg) -> float:
     return time.perf_counter() - t0
 
 
-def start_server(url: str, weights: Path, tmp: Path, port: int) -> subprocess.Popen:
-    env = dict(os.environ, CVM_DATABASE_URL=url, CVM_WEIGHTS=str(weights), CVM_INDEX_DIR=str(tmp))
+def start_server(url: str, weights: Path, tmp: Path, args: argparse.Namespace) -> subprocess.Popen:
+    env = dict(
+        os.environ,
+        CVM_DATABASE_URL=url,
+        CVM_WEIGHTS=str(weights),
+        CVM_INDEX_DIR=str(tmp),
+        CVM_TORCH_THREADS=str(args.torch_threads),
+    )
     cmd = [
         sys.executable,
         "-m",
@@ -177,7 +195,7 @@ def start_server(url: str, weights: Path, tmp: Path, port: int) -> subprocess.Po
         "--host",
         "127.0.0.1",
         "--port",
-        str(port),
+        str(args.port),
         "--log-level",
         "warning",
         "--no-access-log",
@@ -277,15 +295,16 @@ async def measure(args: argparse.Namespace, base: str, image: bytes, forward: Fo
 
 def main() -> int:
     args = parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    threads = args.torch_threads or torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load {os.getloadavg()}")
     image = query_image()
     with tempfile.TemporaryDirectory(prefix="cvm-bench-") as tmp_name:
         tmp = Path(tmp_name)
         weights = bench_weights(args.weights, tmp)
-        forward = Forward(weights, image)
+        forward = Forward(weights, image, args.torch_threads)
         url = make_catalogue(tmp, weights, args.tiles, forward.dim)
         print(f"index: {args.tiles} tiles, d={forward.dim}, flat inner product; weights {weights}")
-        server = start_server(url, weights, tmp, args.port)
+        server = start_server(url, weights, tmp, args)
         try:
             asyncio.run(measure(args, f"http://127.0.0.1:{args.port}", image, forward))
         finally:

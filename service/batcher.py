@@ -6,7 +6,9 @@ blocked. While a batch runs, the next one forms in the queue.
 
 The window is only waited for while other requests are known to be on their way (announced with
 `incoming()` and still decoding/preprocessing): a lone request is not delayed by the window, which
-keeps single-client latency at the forward pass's own time.
+keeps single-client latency at the forward pass's own time. A request that finds the batcher idle
+can go further with `solo`: its whole work runs in the batch thread at once, one thread hop
+instead of three (a hop to a sleeping thread and back costs about 0.2 ms here).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from service.errors import NotReady
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class MicroBatcher(Generic[T, R]):
         self._queue: asyncio.Queue[_Pending[T, R]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._expected = 0
+        self._running = 0  # batches and solo calls handed to the worker thread, not yet finished
         # One worker: batches run one after another; torch already uses every core inside one.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvm-forward")
 
@@ -80,6 +84,23 @@ class MicroBatcher(Generic[T, R]):
             yield
         finally:
             self._expected -= 1
+
+    def idle(self) -> bool:
+        """Nothing queued, running or announced: a new request would be a batch of one."""
+        return self._running == 0 and self._expected == 0 and (self._queue is None or self._queue.empty())
+
+    async def solo(self, fn: Callable[[], S]) -> S:
+        """Run `fn()` in the batch thread, as a batch of one that needs no queue and no window.
+
+        Meant for a request that found the batcher `idle()`. Batches formed meanwhile wait for it.
+        """
+        if self._task is None or self._task.done():
+            raise NotReady("the inference loop is not running")
+        self._running += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        finally:
+            self._running -= 1
 
     async def submit(self, item: T) -> tuple[R, BatchStats]:
         """Queue one item and wait for its result."""
@@ -117,19 +138,27 @@ class MicroBatcher(Generic[T, R]):
                 raise
 
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
-        started = time.perf_counter()
         loop = asyncio.get_running_loop()
+        self._running += 1
         try:
-            results = await loop.run_in_executor(self._executor, self.fn, [p.item for p in batch])
+            started, results = await loop.run_in_executor(
+                self._executor, self._timed, [p.item for p in batch]
+            )
             if len(results) != len(batch):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)}")
         except Exception as exc:
             _fail(batch, exc)
             return
+        finally:
+            self._running -= 1
         run_s = time.perf_counter() - started
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():  # the client may have gone away meanwhile
                 p.future.set_result((result, BatchStats(len(batch), started - p.enqueued, run_s)))
+
+    def _timed(self, items: Sequence[T]) -> tuple[float, Sequence[R]]:
+        # Started in the worker: time spent waiting for a solo call counts as queued.
+        return time.perf_counter(), self.fn(items)
 
 
 def _fail(batch: Sequence[_Pending[T, R]], exc: BaseException) -> None:

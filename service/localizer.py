@@ -14,10 +14,20 @@ import torch
 
 from model.checkpoint import LoadedModel, file_sha256, load_checkpoint
 from model.config import ModelConfig, Preprocessing
-from model.transforms import prepare_ground, prepare_photo
+from model.transforms import prepare_photo
 from service.imaging import decode_upload, detect_kind
+from service.preprocess import prepare_panorama
 
 KINDS = ("panorama", "photo")
+
+
+def set_torch_threads(n: int) -> None:
+    """Intra-op threads of every forward pass from now on (0 keeps torch's default, one per core).
+
+    Process-wide: each thread that runs torch takes this count at its first parallel operation.
+    """
+    if n > 0:
+        torch.set_num_threads(n)
 
 
 class Localizer:
@@ -60,7 +70,7 @@ class Localizer:
         t1 = time.perf_counter()
         used = kind or detect_kind(rgb)
         if used == "panorama":
-            x = prepare_ground(rgb, self.preprocessing)
+            x = prepare_panorama(rgb, self.preprocessing)
         elif used == "photo":
             x = prepare_photo(rgb, self.preprocessing)
         else:

@@ -29,6 +29,9 @@ class ServiceSettings(Settings):
     # FAISS and torch each keep an OpenMP pool; on a few cores their spinning threads slow each
     # other down (a batch-1 forward + search took 2x the forward alone with 2 FAISS threads here).
     search_threads: int = Field(default=1, ge=1, le=256, description="FAISS OpenMP threads")
+    torch_threads: int = Field(
+        default=0, ge=0, le=256, description="torch intra-op threads of the forward pass; 0: torch's default"
+    )
     tile_image_px: int = Field(default=256, ge=16, le=2048, description="side of tile PNGs, px")
 
     @property

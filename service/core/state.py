@@ -18,7 +18,7 @@ from indexer.db import make_engine
 from model.weights import default_weights_path
 from service.catalog import Catalog
 from service.core.config import ServiceSettings
-from service.localizer import Localizer
+from service.localizer import Localizer, set_torch_threads
 from service.metrics import Metrics
 from service.pipeline import LocalizationService
 from service.snapshot import set_search_threads
@@ -56,6 +56,7 @@ def weights_path(settings: ServiceSettings) -> Path:
 def load_localizer(settings: ServiceSettings) -> Localizer:
     """The served weights (CheckpointError / FileNotFoundError naming the file when unusable)."""
     path = weights_path(settings)
+    set_torch_threads(settings.torch_threads)
     localizer = Localizer.from_checkpoint(path, settings.device, settings.max_image_pixels)
     log.info("weights %s (sha256 %s...)", path, localizer.weights_sha256[:12])
     return localizer

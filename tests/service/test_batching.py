@@ -146,3 +146,55 @@ def test_concurrent_http_requests_share_forwards_with_same_answers(world: World)
         assert [c["tile_id"] for c in got["candidates"]] == [c["tile_id"] for c in want["candidates"]]
         for a, b in zip(got["candidates"], want["candidates"], strict=True):
             assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_batch_solo_runs_in_batch_thread_and_later_batches_wait() -> None:
+    async def scenario() -> tuple[bool, bool, str, list[int], bool]:
+        fn = Recorder()
+        batcher = MicroBatcher(fn, window_s=0.0, max_batch=16)
+        await batcher.start()
+        idle_before = batcher.idle()
+        release = threading.Event()
+
+        def alone() -> str:
+            release.wait(5.0)
+            return threading.current_thread().name
+
+        solo = asyncio.create_task(batcher.solo(alone))
+        await asyncio.sleep(0.01)
+        idle_during = batcher.idle()
+        queued = asyncio.create_task(batcher.submit(4))
+        await asyncio.sleep(0.05)
+        waited = not queued.done()  # the one batch thread is still running the solo call
+        release.set()
+        name = await solo
+        result, _ = await queued
+        await batcher.stop()
+        return idle_before, idle_during, name, [result], waited
+
+    idle_before, idle_during, name, results, waited = asyncio.run(scenario())
+    assert idle_before and not idle_during
+    assert name.startswith("cvm-forward")
+    assert results == [16] and waited
+
+
+def test_batch_not_idle_while_a_request_is_announced() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        batcher = MicroBatcher(Recorder(), window_s=0.0, max_batch=16)
+        await batcher.start()
+        with batcher.incoming():
+            announced = batcher.idle()
+        after = batcher.idle()
+        await batcher.stop()
+        return announced, after
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
+def test_lone_http_request_is_a_batch_of_one_without_queueing(client: TestClient) -> None:
+    localizer = client.app.state.cvm.localizer  # type: ignore[attr-defined]
+    before = localizer.forward_calls
+    body = client.post("/localize", files={"image": ("p.png", panorama_bytes())}).json()
+    assert localizer.forward_calls == before + 1
+    assert body["batch_size"] == 1
+    assert body["timings_ms"]["queue"] == 0.0

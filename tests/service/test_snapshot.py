@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
 
+import faiss
 import numpy as np
 import pytest
 
 from indexer.db import make_engine
 from service.catalog import BuildInfo, Catalog
 from service.errors import IndexBuildError
-from service.snapshot import load_snapshot, resolve_index_dir
+from service.snapshot import IndexSnapshot, load_snapshot, omp_threads, resolve_index_dir, set_search_threads
 from tests.service.world import World, write_index
+
+T = TypeVar("T")
 
 
 @pytest.fixture()
@@ -73,3 +80,53 @@ def test_resolve_index_dir_falls_back_to_index_root(tmp_path) -> None:
     assert (
         resolve_index_dir(str(tmp_path / "root" / "build-3"), tmp_path / "x") == tmp_path / "root" / "build-3"
     )
+
+
+class _RecordingIndex:
+    """Stands in for a FAISS index: records the OpenMP thread count a search ran with."""
+
+    ntotal = 3
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.threads.append(faiss.omp_get_max_threads())
+        n = len(queries)
+        return np.zeros((n, k), dtype=np.float32), np.zeros((n, k), dtype=np.int64)
+
+
+def _in_new_thread(fn: Callable[[], T]) -> T:
+    # OpenMP thread counts are per thread: a fresh thread keeps this test's settings to itself.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()
+
+
+def test_search_uses_search_threads_in_the_searching_thread_and_restores(tmp_path: Path) -> None:
+    index = _RecordingIndex()
+    snapshot = IndexSnapshot(build_id=1, index=index, meta={}, tiles={}, index_dir=tmp_path)
+
+    def search_with_two_before() -> tuple[int, int]:
+        faiss.omp_set_num_threads(2)
+        snapshot.search(np.zeros((1, 4), dtype=np.float32), 2)
+        return index.threads[-1], faiss.omp_get_max_threads()
+
+    set_search_threads(1)
+    assert _in_new_thread(search_with_two_before) == (1, 2)
+    set_search_threads(3)
+    try:
+        assert _in_new_thread(search_with_two_before) == (3, 2)
+    finally:
+        set_search_threads(1)
+
+
+def test_omp_threads_restores_after_an_error() -> None:
+    def scenario() -> tuple[int, int]:
+        faiss.omp_set_num_threads(2)
+        inside = 0
+        with pytest.raises(RuntimeError), omp_threads(1):
+            inside = faiss.omp_get_max_threads()
+            raise RuntimeError("search failed")
+        return inside, faiss.omp_get_max_threads()
+
+    assert _in_new_thread(scenario) == (1, 2)

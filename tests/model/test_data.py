@@ -192,3 +192,27 @@ def test_vo_hays_lists_pair_by_line(tmp_path: Path) -> None:
     (tmp_path / "short.txt").write_text("over/0.jpg 0\n")
     with pytest.raises(DatasetError, match="short.txt"):
         VoHaysDataset(tmp_path / "train.streetview.txt", tmp_path / "short.txt", PREP)
+
+
+def test_aligned_augmentation_turns_tile_and_panorama_together(tmp_path: Path) -> None:
+    # One bright landmark due east in the tile, and the bright panorama column at azimuth 90:
+    # in every sample the tile's landmark and the panorama's bright column must still agree.
+    make_cvusa(tmp_path, n=1)
+    sat = np.zeros((40, 40, 3), dtype=np.uint8)
+    sat[18:22, 30:34] = 255
+    pano = np.zeros((20, 128, 3), dtype=np.uint8)
+    pano[:, 30:34] = 255  # columns 30-33 of 128: azimuth 84-96 degrees
+    _write_png(tmp_path / "bingmap/19/0000001.jpg", sat)
+    _write_png(tmp_path / "streetview/panos/0000001.jpg", pano)
+    ds = CVUSADataset(tmp_path, "train", prep=PREP, augment=True, seed=3, aligned=True)
+    seen = set()
+    for epoch in range(24):
+        ds.epoch = epoch
+        grd, tile, _ = ds[0]
+        rows, cols = np.nonzero(tile[0].numpy() > 0)
+        centre = (PREP.sat_size - 1) / 2
+        tile_az = np.degrees(np.arctan2(cols.mean() - centre, centre - rows.mean())) % 360
+        pano_az = (np.argmax(grd[0, 8].numpy()) + 0.5) / grd.shape[2] * 360
+        assert abs((pano_az - tile_az + 180) % 360 - 180) < 12, (epoch, pano_az, tile_az)
+        seen.add(round(tile_az / 90) % 4)
+    assert seen == {0, 1, 2, 3}  # the landmark went round: the turns are really applied

@@ -258,21 +258,21 @@ def _planned_rows(
         yield from plan.rows
 
 
-def _shard_tasks(ctx: BuildContext, shard_size: int) -> Iterator[list[TileTask]]:
+def shard_tasks(ctx: BuildContext, shard_size: int) -> Iterator[list[TileTask]]:
     """The build's tiles in id order, cut into shards of `shard_size`; one short session per page."""
     shard: list[TileTask] = []
-    last = -1
+    last, limit = -1, max(shard_size, 1000)
     while True:
         with session_scope(ctx.engine) as session:
-            page = catalog.tile_page(session, ctx.build_id, after_id=last, limit=max(shard_size, 1000))
-        if not page:
-            break
+            page = catalog.window_page(session, ctx.build_id, after_id=last, limit=limit)
         for t in page:
             window = None if t.col_off is None else (t.col_off, t.row_off, t.width, t.height)
-            shard.append(TileTask(t.id, t.source, window))  # type: ignore[arg-type]
+            shard.append(TileTask(t.id, t.source, window))
             if len(shard) == shard_size:
                 yield shard
                 shard = []
+        if len(page) < limit:  # a short page is the last one
+            break
         last = page[-1].id
     if shard:
         yield shard
@@ -294,7 +294,7 @@ def embed_stage(ctx: BuildContext, params: dict[str, Any], planned: int, opts: B
     queued: deque[list[TileTask]] = deque()
 
     def tasks() -> Iterator[TileTask]:
-        for shard in _shard_tasks(ctx, int(params["shard_size"])):
+        for shard in shard_tasks(ctx, int(params["shard_size"])):
             if shard_path(shard_dir, shard[0].id).exists():
                 bar.update(len(shard))
                 continue

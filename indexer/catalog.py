@@ -97,6 +97,14 @@ def tile_page(session: Session, build_id: int, after_id: int, limit: int) -> lis
     return list(session.scalars(stmt))
 
 
+def window_page(session: Session, build_id: int, after_id: int, limit: int) -> list[Any]:
+    """As tile_page, but only (id, source, col_off, row_off, width, height) rows: what reading a
+    tile needs, without building an ORM object per tile (a third of the cost)."""
+    cols = (Tile.id, Tile.source, Tile.col_off, Tile.row_off, Tile.width, Tile.height)
+    stmt = select(*cols).where(Tile.build_id == build_id, Tile.id > after_id).order_by(Tile.id).limit(limit)
+    return list(session.execute(stmt).all())
+
+
 def iter_tiles(session: Session, build_id: int, batch: int = CHUNK) -> Iterator[Tile]:
     """The tiles of a build in id order, fetched in pages."""
     last = -1

@@ -111,11 +111,11 @@ def main() -> None:
         make_raster(raster, args.size_px)
         # alternate the two measurements and keep the best of each: on a shared machine the
         # load changes between runs, and the best run is the least disturbed one
-        pure = whole = embed = 0.0
+        runs = []  # (whole, embed, pure) tiles/s of each round
         for _ in range(args.repeat):
             w, e, n = build_rate(raster, weights, args.batch_size, args.device, work)
-            whole, embed = max(whole, w), max(embed, e)
-            pure = max(pure, forward_rate(weights, args.batch_size, n, args.device))
+            runs.append((w, e, forward_rate(weights, args.batch_size, n, args.device)))
+        whole, embed, pure = (max(col) for col in zip(*runs, strict=True))
         d = load_checkpoint(weights).config.out_dim
     print(
         f"tiles: {n} ({args.size_px} px raster), batch {args.batch_size}, device {args.device}, "
@@ -128,6 +128,10 @@ def main() -> None:
     print(f"pure forward (embed_satellite):  {pure:8.1f} tiles/s")
     print(f"embedding stage (read+embed):    {embed:8.1f} tiles/s  ratio {embed / pure:.2f}")
     print(f"whole build (plan..publish):     {whole:8.1f} tiles/s  ratio {whole / pure:.2f}")
+    # a build and the forward right after it see about the same load: their ratio drifts less
+    # than the ratio of two bests when the machine is shared
+    paired = sorted(w / p for w, _, p in runs)
+    print(f"whole build / pure forward of each round: {', '.join(f'{r:.2f}' for r in paired)}")
     print(f"index memory per tile, {args.vectors} vectors of {d} dims:")
     for name, per in memory_per_tile(args.vectors, d).items():
         print(f"  {name:28} {per:8.1f} bytes/tile")

@@ -4,14 +4,17 @@ on SQLite and on a real PostgreSQL server."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
 from indexer import catalog
+from indexer.build import BuildContext, shard_tasks
 from indexer.db import downgrade, make_engine, session_scope, upgrade
 from indexer.errors import BuildNotFound, IndexerError
 from indexer.models import Base, Build
@@ -156,3 +159,25 @@ def test_upgrade_unreachable_database_names_it() -> None:
     with pytest.raises(IndexerError, match="cannot reach the database") as info:
         upgrade("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
     assert "127.0.0.1:1/none" in str(info.value) and "secret" not in str(info.value)
+
+
+def test_shard_tasks_page_through_every_tile_in_id_order(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with session_scope(engine) as s:
+        b = _build()
+        s.add(b)
+        s.flush()
+        # 2,500 tiles: three pages of up to 1,000; pre-cut rows (no window) among raster rows
+        window = dict(col_off=1.0, row_off=2.0, width=3.0, height=4.0)
+        rows = [{**_tile(b.id, i), **(window if i % 3 else {})} for i in range(2500)]
+        ids = catalog.insert_tiles(s, rows)
+    ctx = BuildContext(engine, tmp_path, None, "", torch.device("cpu"), build_id=b.id)  # type: ignore[arg-type]
+    shards = list(shard_tasks(ctx, 700))
+    engine.dispose()
+    assert [len(sh) for sh in shards] == [700, 700, 700, 400]
+    tasks = [t for sh in shards for t in sh]
+    assert [t.id for t in tasks] == ids
+    assert [t.window for t in tasks[:3]] == [None, (1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0)]
+    assert tasks[5].source == "/data/5.tif"

@@ -4,13 +4,14 @@ on SQLite and on a real PostgreSQL server."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import IntegrityError
 
 from indexer import catalog
@@ -55,6 +56,20 @@ def _tile(build_id: int, i: int) -> dict[str, object]:
     )
 
 
+Rows = Callable[[int], list[dict[str, object]]]
+
+
+def _catalogue_with_tiles(url: str, rows: Rows) -> tuple[Engine, int, list[int]]:
+    """A migrated catalogue at `url` with one build holding rows(build id): (engine, build id, tile ids)."""
+    upgrade(url)
+    engine = make_engine(url)
+    with session_scope(engine) as s:
+        b = _build()
+        s.add(b)
+        s.flush()
+        return engine, b.id, catalog.insert_tiles(s, rows(b.id))
+
+
 def test_upgrade_creates_schema_equal_to_models(db_url: str) -> None:
     upgrade(db_url)
     engine = make_engine(db_url)
@@ -75,13 +90,7 @@ def test_downgrade_removes_tables_and_upgrade_restores_them(db_url: str) -> None
 
 
 def test_insert_tiles_returns_ids_in_input_order(db_url: str) -> None:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    with session_scope(engine) as s:
-        b = _build()
-        s.add(b)
-        s.flush()
-        ids = catalog.insert_tiles(s, (_tile(b.id, i) for i in range(7)))
+    engine, _, ids = _catalogue_with_tiles(db_url, lambda b: [_tile(b, i) for i in range(7)])
     with session_scope(engine) as s:
         tiles = catalog.get_tiles(s, [*ids, -1, 10**9])
         assert sorted(tiles) == sorted(ids)
@@ -93,16 +102,11 @@ def test_insert_tiles_returns_ids_in_input_order(db_url: str) -> None:
 
 
 def test_insert_tiles_mixes_raster_and_pre_cut_rows(db_url: str) -> None:
-    upgrade(db_url)
-    engine = make_engine(db_url)
     window = dict(col_off=1.5, row_off=2.5, width=127.3, height=127.3, crs="EPSG:32633", gsd_m=0.55)
-    with session_scope(engine) as s:
-        b = _build()
-        s.add(b)
-        s.flush()
-        # raster tiles carry pixel-window columns, pre-cut tiles of the same build do not
-        rows = [{**_tile(b.id, 0), **window}, _tile(b.id, 1), {**_tile(b.id, 2), **window}]
-        ids = catalog.insert_tiles(s, rows)
+    # raster tiles carry pixel-window columns, pre-cut tiles of the same build do not
+    engine, _, ids = _catalogue_with_tiles(
+        db_url, lambda b: [{**_tile(b, 0), **window}, _tile(b, 1), {**_tile(b, 2), **window}]
+    )
     with session_scope(engine) as s:
         tiles = catalog.get_tiles(s, ids)
         assert [tiles[i].source for i in ids] == ["/data/0.tif", "/data/1.tif", "/data/2.tif"]
@@ -140,14 +144,7 @@ def test_database_refuses_two_active_builds(db_url: str) -> None:
 
 
 def test_deleting_a_build_cascades_to_its_tiles(db_url: str) -> None:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    with session_scope(engine) as s:
-        b = _build()
-        s.add(b)
-        s.flush()
-        catalog.insert_tiles(s, [_tile(b.id, 0)])
-        build_id = b.id
+    engine, build_id, _ = _catalogue_with_tiles(db_url, lambda b: [_tile(b, 0)])
     with session_scope(engine) as s:
         s.delete(catalog.get_build(s, build_id))
     with session_scope(engine) as s:
@@ -162,18 +159,13 @@ def test_upgrade_unreachable_database_names_it() -> None:
 
 
 def test_shard_tasks_page_through_every_tile_in_id_order(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    with session_scope(engine) as s:
-        b = _build()
-        s.add(b)
-        s.flush()
-        # 2,500 tiles: three pages of up to 1,000; pre-cut rows (no window) among raster rows
-        window = dict(col_off=1.0, row_off=2.0, width=3.0, height=4.0)
-        rows = [{**_tile(b.id, i), **(window if i % 3 else {})} for i in range(2500)]
-        ids = catalog.insert_tiles(s, rows)
-    ctx = BuildContext(engine, tmp_path, None, "", torch.device("cpu"), build_id=b.id)  # type: ignore[arg-type]
+    # 2,500 tiles: three pages of up to 1,000; pre-cut rows (no window) among raster rows
+    window = dict(col_off=1.0, row_off=2.0, width=3.0, height=4.0)
+    engine, build_id, ids = _catalogue_with_tiles(
+        f"sqlite:///{tmp_path / 'c.db'}",
+        lambda b: [{**_tile(b, i), **(window if i % 3 else {})} for i in range(2500)],
+    )
+    ctx = BuildContext(engine, tmp_path, None, "", torch.device("cpu"), build_id=build_id)  # type: ignore[arg-type]
     shards = list(shard_tasks(ctx, 700))
     engine.dispose()
     assert [len(sh) for sh in shards] == [700, 700, 700, 400]

@@ -187,9 +187,7 @@ class ChipReader:
         left = min(w.col_off for w in windows)
         right = max(w.col_off + w.width for w in windows)
         band = Window(left, windows[0].row_off, right - left, windows[0].height)
-        rgb = np.ascontiguousarray(
-            to_uint8(ds.read(list(info.bands), window=band), info.stretch).transpose(1, 2, 0)
-        )
+        rgb = _read_rgb(ds, info, band)
         mask = None if _all_valid(ds) else ds.dataset_mask(window=band)
         chips = []
         for w in windows:
@@ -219,6 +217,19 @@ class ChipReader:
 def snap_window(window: Window) -> Window:
     """`window` on whole pixels (each of offset and size rounded on its own)."""
     return Window(*(round(v) for v in (window.col_off, window.row_off, window.width, window.height)))
+
+
+def _read_rgb(ds: Any, info: RasterInfo, window: Window) -> np.ndarray:
+    """(h, w, 3) uint8 RGB of a native-resolution window."""
+    if info.stretch is not None:
+        return np.ascontiguousarray(
+            to_uint8(ds.read(list(info.bands), window=window), info.stretch).transpose(1, 2, 0)
+        )
+    # 8-bit: GDAL writes the pixels interleaved straight into the (h, w, 3) buffer, through a
+    # (3, h, w) view of it, which halves the cost of reading and transposing a band
+    rgb = np.empty((int(window.height), int(window.width), 3), dtype=np.uint8)
+    ds.read(list(info.bands), window=window, out=rgb.transpose(2, 0, 1))
+    return rgb
 
 
 def _all_valid(ds: Any) -> bool:

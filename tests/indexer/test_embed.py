@@ -20,7 +20,7 @@ from indexer.cli import main
 from indexer.db import make_engine, session_scope
 from indexer.embed import FAILED, NODATA, OK, TileTask, read_run, tile_runs, to_input
 from indexer.faiss_index import read_index
-from indexer.sources import inspect_raster
+from indexer.sources import inspect_raster, to_uint8
 from indexer.tiles import ChipReader, plan_raster
 from model.checkpoint import load_checkpoint
 from model.config import preset_config
@@ -40,9 +40,10 @@ def _tasks(path: Path, size_m: float = 70.0, stride_m: float = 35.0) -> list[Til
 
 def _own_read(path: Path, window: tuple[float, float, float, float]) -> np.ndarray:
     """A tile's pixels as a read of its own window, snapped to whole pixels, gives them."""
+    info = inspect_raster(str(path))
     with rasterio.open(path) as ds:
-        data = ds.read(window=Window(*(round(v) for v in window)))
-    return np.ascontiguousarray(data.transpose(1, 2, 0))
+        data = ds.read(list(info.bands), window=Window(*(round(v) for v in window)))
+    return np.ascontiguousarray(to_uint8(data, info.stretch).transpose(1, 2, 0))
 
 
 def test_tile_runs_group_one_tile_row_in_order(make_raster: Callable[..., Path]) -> None:
@@ -56,8 +57,12 @@ def test_tile_runs_group_one_tile_row_in_order(make_raster: Callable[..., Path])
     assert [len(r) for r in tile_runs(tasks, max_tiles=100, max_px=3 * 117**2)] == [3, 3, 3] * 9
 
 
-def test_runs_give_each_tile_the_pixels_of_its_own_window(make_raster: Callable[..., Path]) -> None:
-    path = make_raster("r.tif", size=(600, 600), gsd=0.6)  # 70 m = 116.7 px: native resolution
+@pytest.mark.parametrize(("bands", "dtype"), [(3, "uint8"), (1, "uint8"), (3, "uint16")])
+def test_runs_give_each_tile_the_pixels_of_its_own_window(
+    make_raster: Callable[..., Path], bands: int, dtype: str
+) -> None:
+    # 70 m = 116.7 px: native resolution; greyscale replicated, 16-bit stretched to 8 bits
+    path = make_raster("r.tif", bands=bands, size=(600, 600), gsd=0.6, dtype=dtype)
     tasks = _tasks(path)
     reader = ChipReader({str(path): inspect_raster(str(path))}, PREP.sat_size)
     chips = [c for run in tile_runs(tasks, max_tiles=32) for c in read_run(reader, PREP, run, set())]

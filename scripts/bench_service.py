@@ -9,7 +9,12 @@ starts `uvicorn service.main:app` on 127.0.0.1 in a subprocess and measures:
 * throughput (requests/s) with 1, 4 and 16 concurrent clients against the model's best batched
   forward throughput (images/s over batch sizes 1..32).
 
-    .venv/bin/python scripts/bench_service.py [--weights W] [--tiles 10000] [--requests 100]
+`--preset paper` serves a randomly initialised paper-size CVM-Net-I instead of the shipped weights
+(its index is built for that checkpoint), to show the pipeline's fixed cost against a forward pass
+of 1-2 s; use few requests and `--no-throughput` with it.
+
+    .venv/bin/python scripts/bench_service.py [--weights W | --preset paper] [--tiles 10000]
+        [--requests 100] [--duration-s 10] [--no-throughput] [--torch-threads N]
 """
 
 from __future__ import annotations
@@ -36,12 +41,25 @@ STAGES = ("decode", "preprocess", "queue", "forward", "search", "database", "tot
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--weights", type=Path, default=None, help="checkpoint (default: shipped, else random cpu)"
+    )
+    which.add_argument(
+        "--preset",
+        choices=("cpu", "paper"),
+        default=None,
+        help="serve a randomly initialised CVM-Net-I of this preset instead of the shipped weights",
     )
     p.add_argument("--tiles", type=int, default=10_000, help="tiles in the benchmark index")
     p.add_argument("--requests", type=int, default=100, help="sequential requests for the latency part")
     p.add_argument("--duration-s", type=float, default=10.0, help="seconds per throughput level")
+    p.add_argument(
+        "--no-throughput",
+        dest="throughput",
+        action="store_false",
+        help="latency only (a paper-size model needs minutes per batched-throughput level)",
+    )
     p.add_argument(
         "--torch-threads",
         type=int,
@@ -52,27 +70,43 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def bench_weights(requested: Path | None, tmp: Path) -> Path:
-    """The given weights, the shipped ones, or a random-weight cpu-preset checkpoint."""
+def random_weights(tmp: Path, preset: str) -> Path:
+    """A freshly initialised CVM-Net-I checkpoint of `preset`, saved under tmp."""
     from model.checkpoint import save_checkpoint
     from model.config import preset_config
     from model.cvm_net import build_model
+
+    torch.manual_seed(0)
+    path = tmp / f"random-{preset}.pt"
+    save_checkpoint(path, build_model(preset_config("cvm-net-i", preset)))
+    return path
+
+
+def bench_weights(requested: Path | None, preset: str | None, tmp: Path) -> Path:
+    """The given weights, a random checkpoint of `preset`, the shipped ones, or random cpu ones."""
     from model.weights import default_weights_path
 
     if requested is not None:
         return requested
+    if preset is not None:
+        return random_weights(tmp, preset)
     try:
         return default_weights_path()
     except FileNotFoundError:
-        path = tmp / "random-cpu.pt"
-        save_checkpoint(path, build_model(preset_config("cvm-net-i", "cpu")))
+        path = random_weights(tmp, "cpu")
         print(f"(shipped weights absent: using random cpu-preset weights {path})")
         return path
 
 
-def query_image() -> bytes:
-    """A 616x112 JPEG panorama (the synthetic world's size)."""
-    pixels = np.random.default_rng(0).integers(0, 256, size=(112, 616, 3), dtype=np.uint8)
+def query_size(preset: str | None) -> tuple[int, int]:
+    """(width, height) of the query panorama: the synthetic world's 616x112, or for the paper
+    preset its native 1232x224 input (which the original feeds without resampling)."""
+    return (1232, 224) if preset == "paper" else (616, 112)
+
+
+def query_image(width: int, height: int) -> bytes:
+    """A width x height JPEG panorama of random pixels."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
@@ -280,6 +314,8 @@ async def measure(args: argparse.Namespace, base: str, image: bytes, forward: Fo
     async with httpx.AsyncClient(timeout=60.0, limits=httpx.Limits(max_connections=32)) as client:
         await wait_ready(client, base)
         print_latency(*await latency(client, base, image, args.requests, forward))
+        if not args.throughput:
+            return
         rates = forward.rates()  # server idle meanwhile
         best = max(rates.values())
         shown = ", ".join(f"{b}: {r:.1f}" for b, r in rates.items())
@@ -297,13 +333,15 @@ def main() -> int:
     args = parse_args()
     threads = args.torch_threads or torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load {os.getloadavg()}")
-    image = query_image()
+    width, height = query_size(args.preset)
+    image = query_image(width, height)
     with tempfile.TemporaryDirectory(prefix="cvm-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        weights = bench_weights(args.weights, tmp)
+        weights = bench_weights(args.weights, args.preset, tmp)
         forward = Forward(weights, image, args.torch_threads)
         url = make_catalogue(tmp, weights, args.tiles, forward.dim)
         print(f"index: {args.tiles} tiles, d={forward.dim}, flat inner product; weights {weights}")
+        print(f"query: {width}x{height} JPEG, {len(image)} bytes")
         server = start_server(url, weights, tmp, args)
         try:
             asyncio.run(measure(args, f"http://127.0.0.1:{args.port}", image, forward))

@@ -70,7 +70,9 @@ class LocalizeResult:
 def run_batch(localizer: Localizer, queries: Sequence[Query]) -> list[Match]:
     """One forward pass for all queries, then one search per snapshot among them. Blocking."""
     t0 = time.perf_counter()
-    emb = localizer.embed(torch.stack([q.x for q in queries]))
+    # A lone query needs no stacked copy of its input: a view with a batch axis is enough.
+    x = queries[0].x[None] if len(queries) == 1 else torch.stack([q.x for q in queries])
+    emb = localizer.embed(x)
     forward_s = time.perf_counter() - t0
     by_snapshot: dict[int, list[int]] = {}
     for i, q in enumerate(queries):

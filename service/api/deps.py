@@ -1,4 +1,8 @@
-"""Every dependency of the routes, as `Annotated` aliases. Tests override the `get_*` functions."""
+"""Every dependency of the routes, as `Annotated` aliases. Tests override the `get_*` functions.
+
+They are `async def` although none awaits anything: FastAPI runs a plain `def` dependency in its
+thread pool, and three such hops per /localize request cost more than the rest of its routing.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from service.metrics import Metrics
 from service.pipeline import LocalizationService
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     """The app's state object (allocated by `create_app`, filled by the lifespan)."""
     state: AppState = request.app.state.cvm
     return state
@@ -23,22 +27,22 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> ServiceSettings:
+async def get_settings(state: StateDep) -> ServiceSettings:
     return state.settings
 
 
-def get_metrics(state: StateDep) -> Metrics:
+async def get_metrics(state: StateDep) -> Metrics:
     return state.metrics
 
 
-def get_localization(state: StateDep) -> LocalizationService:
+async def get_localization(state: StateDep) -> LocalizationService:
     """The localisation pipeline; NotReady (503) before the lifespan loaded it."""
     if state.service is None:
         raise NotReady("the model is not loaded yet")
     return state.service
 
 
-def get_catalog(state: StateDep) -> Catalog:
+async def get_catalog(state: StateDep) -> Catalog:
     """The catalogue; NotReady (503) before the lifespan connected it."""
     if state.catalog is None:
         raise NotReady("the catalogue is not connected yet")

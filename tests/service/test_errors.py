@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageFile
 
 import service.imaging
 from service.errors import ImageTooLarge
@@ -166,6 +166,7 @@ def test_refuse_bomb_from_header_without_decoding(monkeypatch: pytest.MonkeyPatc
         raise AssertionError("decoded a bomb")
 
     monkeypatch.setattr(service.imaging, "load_image_rgb", must_not_decode)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", must_not_decode)
     bomb = png_header_only(30000, 30000)
     assert len(bomb) < 4096
     with pytest.raises(ImageTooLarge):

@@ -1,0 +1,99 @@
+"""The service's decoder gives exactly the pixels training and evaluation decode."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import ExifTags, Image, ImageFile
+
+import service.imaging
+from model.transforms import load_image_rgb
+from service.errors import CorruptImage
+from service.imaging import decode_upload
+
+
+def _encode(im: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _noise(mode: str, size: tuple[int, int] = (37, 23)) -> Image.Image:
+    rng = np.random.default_rng(3)
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    pixels = rng.integers(0, 256, size=(size[1], size[0], bands), dtype=np.uint8)
+    return Image.fromarray(pixels.squeeze(axis=2) if bands == 1 else pixels, mode)
+
+
+def _oriented_jpeg(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    return _encode(_noise("RGB"), "JPEG", quality=90, exif=exif)
+
+
+def _grey16_png() -> bytes:
+    grey = np.random.default_rng(4).integers(0, 65536, size=(23, 37), dtype=np.uint16)
+    return _encode(Image.fromarray(grey), "PNG")
+
+
+def _palette_png_with_transparency() -> bytes:
+    im = _noise("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    return _encode(im, "PNG", transparency=3)
+
+
+CASES = {
+    "RGB JPEG": _encode(_noise("RGB"), "JPEG", quality=90),
+    "RGB PNG": _encode(_noise("RGB"), "PNG"),
+    "RGB WebP": _encode(_noise("RGB"), "WEBP", lossless=True),
+    "lossy WebP": _encode(_noise("RGB"), "WEBP", quality=80),
+    "RGBA PNG": _encode(_noise("RGBA"), "PNG"),
+    "RGBA WebP": _encode(_noise("RGBA"), "WEBP", lossless=True),
+    "grey JPEG": _encode(_noise("L"), "JPEG", quality=90),
+    "grey PNG": _encode(_noise("L"), "PNG"),
+    "16-bit grey PNG": _grey16_png(),
+    "palette PNG with transparency": _palette_png_with_transparency(),
+    "CMYK JPEG": _encode(_noise("CMYK"), "JPEG", quality=90),
+    **{f"JPEG, EXIF orientation {o}": _oriented_jpeg(o) for o in range(1, 9)},
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pixels_equal_the_training_decoder(name: str) -> None:
+    data = CASES[name]
+    got = decode_upload(data, max_pixels=10**6)
+    want = load_image_rgb(data)
+    assert got.dtype == np.uint8 and got.shape == want.shape and got.shape[2] == 3
+    assert np.array_equal(got, want)
+
+
+def test_exif_orientation_is_applied() -> None:
+    # Orientation 6 (rotate 90 degrees clockwise to display): a 37x23 image comes out 23 wide.
+    assert decode_upload(_oriented_jpeg(6), max_pixels=10**6).shape == (37, 23, 3)
+
+
+def test_rgb_jpeg_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real_load = ImageFile.ImageFile.load
+
+    def counting_load(self: ImageFile.ImageFile) -> object:
+        calls.append(self.format)
+        return real_load(self)
+
+    def must_not_reopen(data: bytes) -> None:
+        raise AssertionError("an RGB image was handed to the general loader")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    monkeypatch.setattr(service.imaging, "load_image_rgb", must_not_reopen)
+    decode_upload(CASES["RGB JPEG"], max_pixels=10**6)
+    # Pillow's `load` may be entered again on an already decoded image (e.g. by `getexif`);
+    # what matters is that no second open and decode of the bytes happened.
+    assert calls and set(calls) == {"JPEG"}
+
+
+@pytest.mark.parametrize("name", ["RGB JPEG", "grey PNG"])
+def test_truncated_image_is_corrupt(name: str) -> None:
+    data = CASES[name]
+    with pytest.raises(CorruptImage, match="cannot be decoded"):
+        decode_upload(data[: len(data) // 2], max_pixels=10**6)

@@ -87,12 +87,16 @@ def run_build(
         params = stages.open_build(opts, ctx)
         lock = stages.WorkLock(ctx.work_dir)
         # The libraries and the model loaded so far live as long as the build: frozen, they are
-        # not rescanned by each full garbage collection during it (over 100 ms a pass here).
-        gc.freeze()
+        # not rescanned by each full garbage collection during it (over 100 ms a pass here). A
+        # caller that froze objects itself keeps its own policy.
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.freeze()
         try:
             return _stages(ctx, params, opts, started)
         finally:
-            gc.unfreeze()
+            if freeze:
+                gc.unfreeze()
             lock.release()
     finally:
         engine.dispose()

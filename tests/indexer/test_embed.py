@@ -3,6 +3,7 @@ prepare_satellite give, checked against rasterio reads and the model's own prepr
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -116,6 +117,7 @@ def test_build_vectors_equal_embedding_each_tile_on_its_own(
     url, idx = f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "idx"
     args = ["--database-url", url, "--index-dir", str(idx), "build", "--no-progress"]
     assert main([*args, "--weights", str(tiny_weights_128), "--imagery", str(path), "--batch-size", "8"]) == 0
+    assert gc.get_freeze_count() == 0  # what the build froze for the collector is released
     engine = make_engine(url)
     with session_scope(engine) as s:
         build = catalog.get_active_build(s)

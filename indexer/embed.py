@@ -3,8 +3,8 @@
 Reader threads read and prepare chips ahead of the model through a bounded, ordered queue of
 futures, so the forward pass does not wait for I/O. They work in runs of consecutive tiles of one
 tile row (`tile_runs`), read together (`ChipReader.read_row`), and hand over model-size uint8
-chips; the float normalisation is done per batch (`to_input`). Tiles are grouped into shards of a fixed
-number of consecutive tile ids; each shard's descriptors go to `shard-<first id>.npz`, written
+chips; the float normalisation is done per batch (`to_input`). Tiles are grouped into shards of
+a fixed number of consecutive tile ids; each shard's descriptors go to `shard-<first id>.npz`, written
 under a temporary name and renamed, so a shard file either is complete or does not exist. Batches
 never cross a shard boundary, which makes a resumed build compute exactly the same batches (hence
 bit-identical vectors) as an uninterrupted one.

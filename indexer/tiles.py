@@ -164,12 +164,12 @@ class ChipReader:
 
         A window at least twice the model input is read with out_shape = (S, S), so GDAL
         averages (from an overview when there is one). Smaller ones are read at native
-        resolution, snapped to whole pixels (at most half a pixel off), and left to
-        prepare_satellite's INTER_AREA resize, the preprocessing the weights were trained with;
-        these are cut from ONE read of the band of rows the windows span, since neighbouring
-        tiles overlap (half of each at the default stride) and reading each window on its own
-        decodes and converts the same pixels again. Slicing a native-resolution band gives the
-        very pixels each window's own read would.
+        resolution, snapped to whole pixels (at most half a pixel off), and left to the caller's
+        INTER_AREA resize (that of prepare_satellite, the preprocessing the weights were trained
+        with); they are cut from one read of the band of rows the windows span, since
+        neighbouring tiles overlap (by half at the default stride) and reading each window on its
+        own decodes and converts the same pixels again. Slicing a native-resolution band gives
+        the very pixels each window's own read would.
         """
         ds = self._dataset(source)
         if windows[0].width >= 2 * self.out_size:

@@ -3,11 +3,11 @@
 Reader threads read and prepare chips ahead of the model through a bounded, ordered queue of
 futures, so the forward pass does not wait for I/O. They work in runs of consecutive tiles of one
 tile row (`tile_runs`), read together (`ChipReader.read_row`), and hand over model-size uint8
-chips; the float normalisation is done per batch (`to_input`). Tiles are grouped into shards of
-a fixed number of consecutive tile ids; each shard's descriptors go to `shard-<first id>.npz`, written
-under a temporary name and renamed, so a shard file either is complete or does not exist. Batches
-never cross a shard boundary, which makes a resumed build compute exactly the same batches (hence
-bit-identical vectors) as an uninterrupted one.
+chips; the float normalisation is done per batch (`model.transforms.normalise_batch`). Tiles
+are grouped into shards of a fixed number of consecutive tile ids; each shard's descriptors go
+to `shard-<first id>.npz`, written under a temporary name and renamed, so a shard file either is
+complete or does not exist. Batches never cross a shard boundary, which makes a resumed build
+compute exactly the same batches (hence bit-identical vectors) as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cv2
 import numpy as np
 import torch
 from rasterio.errors import RasterioError
@@ -30,7 +29,7 @@ from rasterio.windows import Window
 
 from indexer.tiles import ChipReader
 from model.config import Preprocessing
-from model.transforms import ImageLoadError, load_image_rgb
+from model.transforms import ImageLoadError, load_image_rgb, normalise_batch, satellite_pixels
 
 OK, NODATA, FAILED = 0, 1, 2
 # A tile is skipped when more than half of it is nodata / alpha-masked.
@@ -54,7 +53,7 @@ class TileTask:
 @dataclass(frozen=True)
 class Chip:
     """A read tile: its (S, S, 3) uint8 RGB model-size pixels when status is OK, else the reason
-    it has none. Normalisation to model input happens per batch (`to_input`)."""
+    it has none. Normalisation to model input happens per batch (`normalise_batch`)."""
 
     task: TileTask
     status: int
@@ -101,7 +100,7 @@ def read_run(reader: ChipReader, prep: Preprocessing, run: list[TileTask], faile
             read = [(load_image_rgb(first.source), 1.0)]
         else:
             read = reader.read_row(first.source, [Window(*t.window) for t in run])  # type: ignore[misc]
-        return [_chip(t, rgb, valid, prep.sat_size) for t, (rgb, valid) in zip(run, read, strict=True)]
+        return [_chip(t, rgb, valid, prep) for t, (rgb, valid) in zip(run, read, strict=True)]
     except (RasterioError, ImageLoadError, OSError, ValueError) as exc:
         return [Chip(t, FAILED, error=f"cannot read pixels ({_gdal_reason(exc)})") for t in run]
 
@@ -111,28 +110,10 @@ def read_chip(reader: ChipReader, prep: Preprocessing, task: TileTask, failed: s
     return read_run(reader, prep, [task], failed)[0]
 
 
-def _chip(task: TileTask, rgb: np.ndarray, valid: float, size: int) -> Chip:
+def _chip(task: TileTask, rgb: np.ndarray, valid: float, prep: Preprocessing) -> Chip:
     if valid < MIN_VALID_FRACTION:
         return Chip(task, NODATA)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
-        raise ValueError(f"tile pixels have shape {rgb.shape}")
-    if rgb.shape[:2] != (size, size):
-        # cv2 INTER_AREA, the resize of prepare_satellite (the preprocessing of training)
-        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
-    return Chip(task, OK, rgb)
-
-
-def to_input(pixels: np.ndarray, prep: Preprocessing) -> torch.Tensor:
-    """(b, S, S, 3) uint8 RGB -> (b, 3, S, S) float32 model input, with the same arithmetic as
-    prepare_satellite (channel order, float32 (x - mean) / std), done once for the whole batch."""
-    if prep.channel_order not in ("BGR", "RGB"):
-        raise ValueError(f"unknown channel_order {prep.channel_order!r}; expected 'BGR' or 'RGB'")
-    x = pixels[..., ::-1] if prep.channel_order == "BGR" else pixels
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float()
-    t.sub_(torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1))
-    if any(s != 1.0 for s in prep.std):  # x / 1.0 is x: skip a pass over the batch
-        t.div_(torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1))
-    return t
+    return Chip(task, OK, satellite_pixels(rgb, prep))
 
 
 def _gdal_reason(exc: BaseException) -> str:
@@ -168,7 +149,7 @@ class Embedder:
 
     @torch.inference_mode()
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        x = to_input(pixels, self.prep).to(self.device, non_blocking=True)
+        x = normalise_batch(pixels, self.prep).to(self.device, non_blocking=True)
         return self.net.embed_satellite(x).float().cpu().numpy()
 
 

@@ -88,15 +88,40 @@ def _resize_area(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def _normalise(rgb: np.ndarray, prep: Preprocessing) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (3, H, W) float32 in prep's channel order, (x - mean) / std."""
-    if prep.channel_order not in ("BGR", "RGB"):
+# Source RGB plane of each model input channel.
+_CHANNEL_SOURCES = {"BGR": (2, 1, 0), "RGB": (0, 1, 2)}
+
+
+def normalise_batch(pixels: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """(b, H, W, 3) uint8 RGB -> (b, 3, H, W) float32 in prep's channel order, (x - mean) / std.
+
+    Each output channel is written once, by a float32 subtraction straight from its uint8 plane
+    (then a division unless std is 1): the values of float32(x) - float32(mean), / float32(std),
+    without the whole-image float copy, the transposing copy and their temporaries (the request
+    path and the indexer run this for every image).
+    """
+    sources = _CHANNEL_SOURCES.get(prep.channel_order)
+    if sources is None:
         raise ValueError(f"unknown channel_order {prep.channel_order!r}; expected 'BGR' or 'RGB'")
-    x = rgb[:, :, ::-1] if prep.channel_order == "BGR" else rgb
-    mean = np.asarray(prep.mean, dtype=np.float32)
-    std = np.asarray(prep.std, dtype=np.float32)
-    out = (x.astype(np.float32) - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+    b, height, width = pixels.shape[:3]
+    out = np.empty((b, 3, height, width), dtype=np.float32)
+    for c, src in enumerate(sources):
+        np.subtract(pixels[..., src], np.float32(prep.mean[c]), out=out[:, c], dtype=np.float32)
+        if prep.std[c] != 1.0:  # dividing by 1 changes nothing; skip the pass
+            np.divide(out[:, c], np.float32(prep.std[c]), out=out[:, c])
+    return torch.from_numpy(out)
+
+
+def _normalise(rgb: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 (`normalise_batch` of one image)."""
+    return normalise_batch(rgb[None], prep)[0]
+
+
+def satellite_pixels(rgb: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """(h, w, 3) uint8 RGB satellite crop -> (S, S, 3) uint8, S = prep.sat_size: the resize of
+    `prepare_satellite` (cv2 INTER_AREA over the whole crop), before normalisation."""
+    _check_rgb(rgb, "satellite image")
+    return _resize_area(rgb, prep.sat_size, prep.sat_size)
 
 
 def prepare_satellite(rgb: np.ndarray, prep: Preprocessing) -> torch.Tensor:
@@ -104,8 +129,7 @@ def prepare_satellite(rgb: np.ndarray, prep: Preprocessing) -> torch.Tensor:
 
     The whole crop is resized (cv2 INTER_AREA) to S x S, as the original's test path does.
     """
-    _check_rgb(rgb, "satellite image")
-    return _normalise(_resize_area(rgb, prep.sat_size, prep.sat_size), prep)
+    return _normalise(satellite_pixels(rgb, prep), prep)
 
 
 def prepare_ground(rgb: np.ndarray, prep: Preprocessing) -> torch.Tensor:

@@ -14,9 +14,8 @@ import torch
 
 from model.checkpoint import LoadedModel, file_sha256, load_checkpoint
 from model.config import ModelConfig, Preprocessing
-from model.transforms import prepare_photo
+from model.transforms import prepare_ground, prepare_photo
 from service.imaging import decode_upload, detect_kind
-from service.preprocess import prepare_panorama
 
 KINDS = ("panorama", "photo")
 
@@ -70,7 +69,7 @@ class Localizer:
         t1 = time.perf_counter()
         used = kind or detect_kind(rgb)
         if used == "panorama":
-            x = prepare_panorama(rgb, self.preprocessing)
+            x = prepare_ground(rgb, self.preprocessing)
         elif used == "photo":
             x = prepare_photo(rgb, self.preprocessing)
         else:

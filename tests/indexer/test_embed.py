@@ -19,13 +19,13 @@ from rasterio.windows import Window
 from indexer import catalog
 from indexer.cli import main
 from indexer.db import make_engine, session_scope
-from indexer.embed import FAILED, NODATA, OK, TileTask, read_run, tile_runs, to_input
+from indexer.embed import FAILED, NODATA, OK, TileTask, read_run, tile_runs
 from indexer.faiss_index import read_index
 from indexer.sources import inspect_raster, to_uint8
 from indexer.tiles import ChipReader, plan_raster
 from model.checkpoint import load_checkpoint
 from model.config import preset_config
-from model.transforms import prepare_satellite
+from model.transforms import normalise_batch, prepare_satellite
 from tests.indexer.conftest import write_geotiff
 
 PREP = preset_config("cvm-net-i", "cpu").preprocessing  # 128 px input, BGR, Caffe means
@@ -71,7 +71,7 @@ def test_runs_give_each_tile_the_pixels_of_its_own_window(
     for chip in chips:
         assert chip.task.window is not None and chip.pixels is not None
         expected = prepare_satellite(_own_read(path, chip.task.window), PREP)
-        torch.testing.assert_close(to_input(chip.pixels[None], PREP)[0], expected, rtol=0, atol=0)
+        torch.testing.assert_close(normalise_batch(chip.pixels[None], PREP)[0], expected, rtol=0, atol=0)
 
 
 def test_runs_count_nodata_per_tile(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_batch_normalisation_equals_prepare_satellite(order: str) -> None:
     rng = np.random.default_rng(3)
     rgb = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(5)]
     expected = torch.stack([prepare_satellite(c, prep) for c in rgb])
-    torch.testing.assert_close(to_input(np.stack(rgb), prep), expected, rtol=0, atol=0)
+    torch.testing.assert_close(normalise_batch(np.stack(rgb), prep), expected, rtol=0, atol=0)
 
 
 def test_build_vectors_equal_embedding_each_tile_on_its_own(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -259,3 +261,38 @@ def test_rotate_flip_pair_leaves_photo_heading_but_mirrors_it() -> None:
     sat = np.zeros((4, 4, 3), dtype=np.uint8)
     np.testing.assert_array_equal(rotate_flip_pair(photo, sat, 1, False, panorama=False)[0], photo)
     np.testing.assert_array_equal(rotate_flip_pair(photo, sat, 3, True, panorama=False)[0], photo[:, ::-1])
+
+
+_CPU_PREP = Preprocessing(
+    sat_size=128, grd_size=(64, 352), channel_order="BGR", mean=(103.939, 116.779, 123.6), std=(1.0, 1.0, 1.0)
+)
+
+
+@pytest.mark.parametrize("shape", [(112, 616), (64, 352), (50, 300), (257, 1301)])
+@pytest.mark.parametrize(
+    "prep",
+    [_CPU_PREP, dataclasses.replace(_CPU_PREP, channel_order="RGB", std=(58.4, 57.1, 57.4))],
+    ids=["bgr-std1", "rgb-std"],
+)
+def test_prepare_ground_equals_reference_arithmetic(shape: tuple[int, int], prep: Preprocessing) -> None:
+    # The one-pass normalisation must give exactly float32(x) - float32(mean), / float32(std).
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    height, width = prep.grd_size
+    resized = (
+        rgb if shape == (height, width) else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    )
+    ordered = resized[:, :, ::-1] if prep.channel_order == "BGR" else resized
+    mean, std = np.asarray(prep.mean, dtype=np.float32), np.asarray(prep.std, dtype=np.float32)
+    want = torch.from_numpy(
+        np.ascontiguousarray(((ordered.astype(np.float32) - mean) / std).transpose(2, 0, 1))
+    )
+    got = prepare_ground(rgb, prep)
+    assert got.dtype == want.dtype == torch.float32
+    assert got.shape == want.shape == (3, *prep.grd_size)
+    assert torch.equal(got, want)
+
+
+def test_prepare_ground_refuses_unknown_channel_order() -> None:
+    rgb = np.zeros((64, 352, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="channel_order"):
+        prepare_ground(rgb, dataclasses.replace(_CPU_PREP, channel_order="GRB"))

@@ -9,6 +9,7 @@ reconstructed by id (`cvm-index verify`); IVF-PQ takes ids natively. `index_meta
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable
@@ -20,6 +21,8 @@ import faiss
 import numpy as np
 
 from indexer.errors import IndexMismatch
+
+log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 META_FILE = "index_meta.json"
@@ -90,8 +93,9 @@ def train(index: Any, spec: IndexSpec, sample: np.ndarray, use_gpu: bool = False
             gpu = faiss.index_cpu_to_all_gpus(index)
             gpu.train(sample)
             return faiss.index_gpu_to_cpu(gpu)
-        except RuntimeError:
-            pass  # configurations the GPU does not support train on the CPU instead
+        except RuntimeError as exc:
+            # configurations the GPU does not support train on the CPU instead
+            log.warning("GPU training of the %s index failed (%s); training on the CPU", spec.kind, exc)
     index.train(sample)
     return index
 

@@ -1,0 +1,89 @@
+"""Micro-benchmark of two parts of a /localize request, in one process, alternatives side by side:
+
+* decoding the benchmark's 616x112 noise JPEG (scripts/bench_service.py's query): the service's
+  `decode_upload`, the training decoder `load_image_rgb`, and `cv2.imdecode` for reference;
+* one exact search over 10,000 random unit vectors of 256 dims (`IDMap2,Flat`, inner product):
+  FAISS with 1 and 2 OpenMP threads, and a numpy matrix-vector product.
+
+    .venv/bin/python scripts/bench_request_parts.py [--runs 2000]
+
+Prints the median time of each in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_service import query_image  # noqa: E402
+
+from model.transforms import MAX_PIXELS, load_image_rgb  # noqa: E402
+from service.imaging import decode_upload  # noqa: E402
+
+
+def median_ms(fn: Callable[[], object], runs: int) -> float:
+    for _ in range(min(50, runs)):
+        fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000.0
+
+
+def decode_parts(runs: int) -> None:
+    data = query_image(616, 112)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    print(f"decode of a 616x112 noise JPEG ({len(data) / 1000:.1f} KB), median of {runs}:")
+    for name, fn in (
+        ("service decode_upload", lambda: decode_upload(data, MAX_PIXELS)),
+        ("training load_image_rgb", lambda: load_image_rgb(data)),
+        ("cv2.imdecode (reference)", lambda: cv2.imdecode(raw, cv2.IMREAD_COLOR)),
+    ):
+        print(f"  {name:28s} {median_ms(fn, runs):7.3f} ms")
+
+
+def search_parts(runs: int, n: int = 10_000, d: int = 256) -> None:
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((n, d)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    index = faiss.index_factory(d, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.add_with_ids(xb, np.arange(n, dtype=np.int64))
+    q = xb[:1].copy()
+    print(f"search, {n} x {d} flat inner product, one query, k=5, median of {runs}:")
+    for threads in (1, 2):
+        faiss.omp_set_num_threads(threads)
+        ms = median_ms(lambda: index.search(q, 5), runs)
+        print(f"  FAISS, {threads} OpenMP thread(s)      {ms:7.3f} ms")
+    faiss.omp_set_num_threads(1)
+
+    def matvec() -> object:
+        scores = xb @ q[0]
+        top = np.argpartition(-scores, 5)[:5]
+        return top[np.argsort(-scores[top])]
+
+    print(f"  numpy xb @ q + top-5            {median_ms(matvec, runs):7.3f} ms")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=2000)
+    args = p.parse_args()
+    print(f"load average (1 min) before the run: {os.getloadavg()[0]:.2f}")
+    decode_parts(args.runs)
+    search_parts(args.runs)
+
+
+if __name__ == "__main__":
+    main()

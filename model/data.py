@@ -26,7 +26,9 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 from model.config import Preprocessing
 from model.transforms import (
     ImageLoadError,
+    SizeFor,
     augment_satellite,
+    input_size,
     load_image_rgb,
     prepare_ground,
     prepare_photo,
@@ -174,9 +176,19 @@ class PairDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def load_rgb(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (ground, satellite) RGB uint8 images of pair `index`; raises ImageLoadError."""
+        """(ground, satellite) RGB uint8 images of pair `index`; raises ImageLoadError.
+
+        A large ground JPEG is decoded at a reduced scale, exactly as the service decodes it.
+        """
         rec = self.records[index]
-        return load_image_rgb(rec.grd), load_image_rgb(rec.sat)
+        return load_image_rgb(rec.grd, fit=self.ground_fit(rec)), load_image_rgb(rec.sat)
+
+    def ground_fit(self, rec: PairRecord) -> SizeFor:
+        """The size the record's ground image is resized to, given its own (width, height)."""
+        if rec.grd_fov_deg is None:
+            return lambda w, h: input_size(w, h, self.prep, "panorama")
+        fov = rec.grd_fov_deg
+        return lambda w, h: input_size(w, h, self.prep, "photo", fov)
 
     def __getitem__(self, index: int) -> PairSample | SampleFailure:
         rec = self.records[index]

@@ -13,8 +13,8 @@ starts `uvicorn service.main:app` on 127.0.0.1 in a subprocess and measures:
 (its index is built for that checkpoint), to show the pipeline's fixed cost against a forward pass
 of 1-2 s; use few requests and `--no-throughput` with it.
 
-    .venv/bin/python scripts/bench_service.py [--weights W | --preset paper] [--tiles 10000]
-        [--requests 100] [--duration-s 10] [--no-throughput] [--torch-threads N]
+    .venv/bin/python scripts/bench_service.py [--weights W | --preset paper] [--query-file IMG]
+        [--tiles 10000] [--requests 100] [--duration-s 10] [--no-throughput] [--torch-threads N]
 """
 
 from __future__ import annotations
@@ -50,6 +50,13 @@ def parse_args() -> argparse.Namespace:
         choices=("cpu", "paper"),
         default=None,
         help="serve a randomly initialised CVM-Net-I of this preset instead of the shipped weights",
+    )
+    p.add_argument(
+        "--query-file",
+        type=Path,
+        default=None,
+        help="send this image instead of the random-pixel JPEG panorama (e.g. a real CVUSA panorama "
+        "or a phone photo; sent as is, its kind detected by the service)",
     )
     p.add_argument("--tiles", type=int, default=10_000, help="tiles in the benchmark index")
     p.add_argument("--requests", type=int, default=100, help="sequential requests for the latency part")
@@ -333,15 +340,20 @@ def main() -> int:
     args = parse_args()
     threads = args.torch_threads or torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load {os.getloadavg()}")
-    width, height = query_size(args.preset)
-    image = query_image(width, height)
+    if args.query_file is not None:
+        image = args.query_file.read_bytes()
+        with Image.open(io.BytesIO(image)) as im:
+            width, height = im.size
+    else:
+        width, height = query_size(args.preset)
+        image = query_image(width, height)
     with tempfile.TemporaryDirectory(prefix="cvm-bench-") as tmp_name:
         tmp = Path(tmp_name)
         weights = bench_weights(args.weights, args.preset, tmp)
         forward = Forward(weights, image, args.torch_threads)
         url = make_catalogue(tmp, weights, args.tiles, forward.dim)
         print(f"index: {args.tiles} tiles, d={forward.dim}, flat inner product; weights {weights}")
-        print(f"query: {width}x{height} JPEG, {len(image)} bytes")
+        print(f"query: {args.query_file or 'random pixels'}, {width}x{height}, {len(image)} bytes")
         server = start_server(url, weights, tmp, args)
         try:
             asyncio.run(measure(args, f"http://127.0.0.1:{args.port}", image, forward))

@@ -14,8 +14,8 @@ import torch
 
 from model.checkpoint import LoadedModel, file_sha256, load_checkpoint
 from model.config import ModelConfig, Preprocessing
-from model.transforms import prepare_ground, prepare_photo
-from service.imaging import decode_upload, detect_kind
+from model.transforms import input_size, prepare_ground, prepare_photo
+from service.imaging import decode_upload, kind_of_size
 
 KINDS = ("panorama", "photo")
 
@@ -64,16 +64,24 @@ class Localizer:
         `kind` None means: detect from the aspect ratio (width / height >= 3 -> panorama).
         Raises the image errors of `service.imaging`.
         """
+        if kind not in (None, *KINDS):
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        # The kind follows from the full size in the header; the decoder may then shrink a large
+        # JPEG towards the input size of that kind (the shrunk size could flip a borderline aspect).
+        chosen: list[str] = []
+
+        def fit(width: int, height: int) -> tuple[int, int]:
+            chosen.append(kind or kind_of_size(width, height))
+            return input_size(width, height, self.preprocessing, chosen[0])
+
         t0 = time.perf_counter()
-        rgb = decode_upload(data, self.max_pixels)
+        rgb = decode_upload(data, self.max_pixels, fit)
         t1 = time.perf_counter()
-        used = kind or detect_kind(rgb)
+        used = chosen[0]
         if used == "panorama":
             x = prepare_ground(rgb, self.preprocessing)
-        elif used == "photo":
-            x = prepare_photo(rgb, self.preprocessing)
         else:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+            x = prepare_photo(rgb, self.preprocessing)
         return x, used, t1 - t0, time.perf_counter() - t1
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:

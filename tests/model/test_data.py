@@ -216,3 +216,17 @@ def test_aligned_augmentation_turns_tile_and_panorama_together(tmp_path: Path) -
         assert abs((pano_az - tile_az + 180) % 360 - 180) < 12, (epoch, pano_az, tile_az)
         seen.add(round(tile_az / 90) % 4)
     assert seen == {0, 1, 2, 3}  # the landmark went round: the turns are really applied
+
+
+def test_large_ground_jpeg_is_decoded_reduced_as_the_service_does(tmp_path: Path) -> None:
+    # PREP's panorama input is 64 x 16; a 520 x 130 JPEG fits it 8 times: decoded at 1/8, 65 x 17.
+    make_cvusa(tmp_path, n=1)
+    pano = np.tile(np.linspace(0, 255, 520, dtype=np.uint8)[None, :, None], (130, 1, 3))
+    ok, buf = cv2.imencode(".jpg", pano)
+    assert ok
+    (tmp_path / "streetview/panos/0000001.jpg").write_bytes(buf.tobytes())
+    ds = CVUSADataset(tmp_path, "train", PREP)
+    grd_rgb, sat_rgb = ds.load_rgb(0)
+    assert grd_rgb.shape == (17, 65, 3) and sat_rgb.shape == (40, 40, 3)
+    grd, _, _ = ds[0]
+    assert grd.shape == (3, 16, 64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import struct
 import zlib
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 import model.transforms as transforms
 from model.backbone import torchvision_preprocessing
@@ -19,6 +20,7 @@ from model.config import Preprocessing
 from model.transforms import (
     ImageLoadError,
     augment_satellite,
+    input_size,
     load_image_rgb,
     prepare_ground,
     prepare_photo,
@@ -296,3 +298,78 @@ def test_prepare_ground_refuses_unknown_channel_order() -> None:
     rgb = np.zeros((64, 352, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match="channel_order"):
         prepare_ground(rgb, dataclasses.replace(_CPU_PREP, channel_order="GRB"))
+
+
+def _jpeg_bytes(width: int, height: int, exif: Image.Exif | None = None) -> bytes:
+    """A smooth (so that scaled decoding stays close to the full one) width x height JPEG."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.stack(
+        [(xx * 255 // max(width - 1, 1)), (yy * 255 // max(height - 1, 1)), (xx + yy) % 256], axis=2
+    )
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).save(
+        buf, format="JPEG", quality=92, **({"exif": exif} if exif else {})
+    )
+    return buf.getvalue()
+
+
+CPU_PREP = Preprocessing(sat_size=128, grd_size=(64, 352))
+
+
+def _panorama_fit(width: int, height: int) -> tuple[int, int]:
+    return input_size(width, height, CPU_PREP, "panorama")
+
+
+def test_input_size_of_panorama_and_photo() -> None:
+    assert input_size(1000, 10, CPU_PREP, "panorama") == (352, 64)
+    # 90 degrees of a 352-column panorama are 88 columns; a 4:3 photo keeps its aspect: 66 rows.
+    assert input_size(4000, 3000, CPU_PREP, "photo") == (88, 66)
+    assert input_size(3000, 4000, CPU_PREP, "photo", fov_deg=60.0) == (59, 79)
+    with pytest.raises(ValueError, match="kind"):
+        input_size(10, 10, CPU_PREP, "aerial")
+    # prepare_photo resizes to exactly that size: a 2:1 photo becomes 88 x 44, rows 10-53 of the
+    # 64-row canvas (centred on the horizon, row 32), columns 0-87.
+    assert input_size(4000, 2000, CPU_PREP, "photo") == (88, 44)
+    photo = prepare_photo(_uniform(2000, 4000), CPU_PREP)
+    filled = torch.count_nonzero(photo, dim=0) > 0
+    assert filled[10:54, :88].all() and not filled[:10].any() and not filled[54:].any()
+    assert not filled[:, 88:].any()
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_no_smaller_than_the_input() -> None:
+    # 1600 x 300 against 352 x 64: both fit four times (1600 // 352 = 300 // 64 = 4), so the
+    # decoder works at 1/4: ceil(1600 / 4) x ceil(300 / 4) = 400 x 75.
+    data = _jpeg_bytes(1600, 300)
+    reduced = load_image_rgb(data, fit=_panorama_fit)
+    assert reduced.shape == (75, 400, 3)
+    full = load_image_rgb(data)
+    assert full.shape == (300, 1600, 3)
+    # After the resize to the network input both are nearly the same picture.
+    a = cv2.resize(full, (352, 64), interpolation=cv2.INTER_AREA).astype(int)
+    b = cv2.resize(reduced, (352, 64), interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(a - b).mean() < 2.0
+    # The synthetic world's 616 x 112 panoramas do not fit twice (616 // 352 = 1): full size.
+    assert load_image_rgb(_jpeg_bytes(616, 112), fit=_panorama_fit).shape == (112, 616, 3)
+
+
+def test_reduced_decode_follows_exif_orientation() -> None:
+    # Stored 3000 x 800, displayed turned (orientation 6): an 800 x 3000 portrait photo, whose
+    # input is 88 x round(88 * 3000 / 800) = 88 x 330; 800 // 88 = 9 and 3000 // 330 = 9, so the
+    # decoder works at 1/8 and the displayed image is ceil(800 / 8) x ceil(3000 / 8) = 100 x 375.
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    data = _jpeg_bytes(3000, 800, exif)
+    seen = []
+
+    def fit(width: int, height: int) -> tuple[int, int]:
+        seen.append((width, height))
+        return input_size(width, height, CPU_PREP, "photo")
+
+    assert load_image_rgb(data, fit=fit).shape == (375, 100, 3)
+    assert seen == [(800, 3000)]
+
+
+def test_reduced_decode_leaves_other_formats_whole(tmp_path) -> None:
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((300, 1600, 3), dtype=np.uint8)).save(path)
+    assert load_image_rgb(path, fit=_panorama_fit).shape == (300, 1600, 3)

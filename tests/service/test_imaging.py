@@ -1,4 +1,4 @@
-"""The service's decoder gives exactly the pixels training and evaluation decode."""
+"""The service's decoder gives exactly the pixels training and evaluation decode, reduced or not."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import ExifTags, Image, ImageFile
 
 import service.imaging
-from model.transforms import load_image_rgb
+from model.transforms import input_size, load_image_rgb, prepare_ground, prepare_photo
 from service.errors import CorruptImage
 from service.imaging import decode_upload
+from service.localizer import Localizer
+from tests.service.world import World
 
 
 def _encode(im: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -59,13 +62,24 @@ CASES = {
 }
 
 
+def _tiny_fit(width: int, height: int) -> tuple[int, int]:
+    """An input a quarter of the image's size or less: every JPEG is decoded at 1/4 scale."""
+    return max(1, width // 4), max(1, height // 4)
+
+
+@pytest.mark.parametrize("fit", [None, _tiny_fit], ids=["full", "reduced"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_pixels_equal_the_training_decoder(name: str) -> None:
+def test_pixels_equal_the_training_decoder(name: str, fit) -> None:
     data = CASES[name]
-    got = decode_upload(data, max_pixels=10**6)
-    want = load_image_rgb(data)
+    got = decode_upload(data, max_pixels=10**6, fit=fit)
+    want = load_image_rgb(data, fit=fit)
     assert got.dtype == np.uint8 and got.shape == want.shape and got.shape[2] == 3
     assert np.array_equal(got, want)
+    full = load_image_rgb(data)
+    if fit is not None and "JPEG" in name:
+        assert got.shape[:2] == tuple(-(-n // 4) for n in full.shape[:2])  # ceil(n / 4)
+    else:
+        assert got.shape == full.shape
 
 
 def test_exif_orientation_is_applied() -> None:
@@ -97,3 +111,32 @@ def test_truncated_image_is_corrupt(name: str) -> None:
     data = CASES[name]
     with pytest.raises(CorruptImage, match="cannot be decoded"):
         decode_upload(data[: len(data) // 2], max_pixels=10**6)
+
+
+def _smooth_jpeg(width: int, height: int) -> bytes:
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.stack([xx * 255 // (width - 1), yy * 255 // (height - 1), (xx // 7 + yy // 5) % 256], axis=2)
+    return _encode(Image.fromarray(rgb.astype(np.uint8)), "JPEG", quality=92)
+
+
+@pytest.mark.parametrize("kind", [None, "photo", "panorama"])
+def test_large_upload_gets_the_training_decoder_reduced_input(world: World, kind: str | None) -> None:
+    """A 1600 x 1200 photo is decoded at reduced scale, exactly as training decodes it."""
+    data = _smooth_jpeg(1600, 1200)
+    localizer = Localizer.from_checkpoint(world.weights)
+    prep = localizer.preprocessing
+    x, used, _, _ = localizer.prepare(data, kind)
+    assert used == (kind or "photo")  # 4:3 is a photo
+
+    def fit(width: int, height: int) -> tuple[int, int]:
+        return input_size(width, height, prep, used)
+
+    prepare = prepare_photo if used == "photo" else prepare_ground
+    want = prepare(load_image_rgb(data, fit=fit), prep)
+    assert torch.equal(x, want)
+    # Photo: an 88-column input, so the decoder works at 1/8 (200 x 150); as a forced panorama,
+    # 352 x 64 fits 1600 x 1200 four times: 1/4 (400 x 300). Full decoding gives nearly the same.
+    scale = 8 if used == "photo" else 4
+    assert decode_upload(data, 10**7, fit).shape == (1200 // scale, 1600 // scale, 3)
+    full = prepare(load_image_rgb(data), prep)
+    assert not torch.equal(x, full) and (x - full).abs().mean() < 2.0

@@ -39,6 +39,8 @@ from model.transforms import (
 log = logging.getLogger(__name__)
 
 SPLIT_FILES = {"train": "train-19zl.csv", "val": "val-19zl.csv"}
+# Where training puts a photo-like crop on the panorama canvas (see `PairDataset`).
+PHOTO_PLACEMENTS = ("column0", "heading")
 # Horizontal field of view (degrees) of the photo-like crops cut from panoramas in training.
 PHOTO_FOV_RANGE = (60.0, 90.0)
 _MAX_LISTED_MISSING = 20
@@ -114,17 +116,24 @@ def report_failures(failures: Iterable[SampleFailure]) -> int:
     return count
 
 
-def random_photo_crop(pano: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+def random_photo_crop(pano: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, int]:
     """A horizontal crop of a 360-degree panorama at a random heading, 60-90 degrees wide.
 
-    pano: (H, W, 3) uint8. Returns the (H, w, 3) crop (wrapping around the seam) and its
-    horizontal field of view in degrees.
+    pano: (H, W, 3) uint8. Returns the (H, w, 3) crop (wrapping around the seam), its horizontal
+    field of view in degrees and the panorama column it starts at.
     """
     fov = float(rng.uniform(*PHOTO_FOV_RANGE))
     width = pano.shape[1]
     start = int(rng.integers(0, width))
     cols = (start + np.arange(max(1, round(width * fov / 360.0)))) % width
-    return np.ascontiguousarray(pano[:, cols]), fov
+    return np.ascontiguousarray(pano[:, cols]), fov, start
+
+
+def place_photo_crop(canvas: torch.Tensor, start_col: int, pano_width: int) -> torch.Tensor:
+    """Move a `prepare_photo` canvas (photo at column 0) to where its crop was cut from: column
+    `start_col` of a `pano_width`-wide panorama, scaled to the canvas width (wrapping around)."""
+    width = canvas.shape[-1]
+    return torch.roll(canvas, shifts=round(start_col * width / pano_width) % width, dims=-1)
 
 
 def set_epoch(dataset: Dataset, epoch: int) -> None:
@@ -145,7 +154,10 @@ class PairDataset(Dataset):
     `aligned` a random mirror and quarter turn of the whole scene that keeps the panorama
     north-aligned with the tile (`rotate_flip_pair`); and with probability `photo_fraction` the
     panorama is replaced by a random-heading 60-90 degree crop fed through `prepare_photo` (so
-    that ordinary photos are seen in training).
+    that ordinary photos are seen in training). `photo_placement` says where the crop goes on the
+    panorama canvas: "column0" (as `prepare_photo` places a photo of unknown heading) or
+    "heading" (the columns it was cut from, so that the model learns to match partial panoramas
+    in place; queries are then tried at several headings, see `model.evaluate`).
     Records whose files are missing are dropped at construction (listed in `missing`).
     """
 
@@ -157,9 +169,13 @@ class PairDataset(Dataset):
         photo_fraction: float = 0.0,
         seed: int = 0,
         aligned: bool = False,
+        photo_placement: str = "column0",
     ) -> None:
         if not 0.0 <= photo_fraction <= 1.0:
             raise ValueError(f"photo_fraction must be in [0, 1], got {photo_fraction}")
+        if photo_placement not in PHOTO_PLACEMENTS:
+            raise ValueError(f"photo_placement must be one of {PHOTO_PLACEMENTS}, got {photo_placement!r}")
+        self.photo_placement = photo_placement
         self.prep = prep
         self.augment = augment
         self.aligned = aligned
@@ -209,8 +225,10 @@ class PairDataset(Dataset):
         if rec.grd_fov_deg is not None:
             grd = prepare_photo(grd_rgb, self.prep, fov_deg=rec.grd_fov_deg)
         elif rng is not None and self.photo_fraction > 0 and rng.random() < self.photo_fraction:
-            crop, fov = random_photo_crop(grd_rgb, rng)
+            crop, fov, start = random_photo_crop(grd_rgb, rng)
             grd = prepare_photo(crop, self.prep, fov_deg=fov)
+            if self.photo_placement == "heading":
+                grd = place_photo_crop(grd, start, grd_rgb.shape[1])
         else:
             grd = prepare_ground(grd_rgb, self.prep)
         if rng is not None and not self.aligned:
@@ -315,6 +333,7 @@ class CVUSADataset(PairDataset):
         seed: int = 0,
         photos: Mapping[str, tuple[Path, float]] | None = None,
         aligned: bool = False,
+        photo_placement: str = "column0",
     ) -> None:
         if prep is None:
             raise ValueError("CVUSADataset needs the model's Preprocessing (prep=...)")
@@ -324,7 +343,7 @@ class CVUSADataset(PairDataset):
         records = read_cvusa_split(self.root, split)
         if photos is not None:
             records = [PairRecord(r.key, r.sat, *photos[r.key]) if r.key in photos else r for r in records]
-        super().__init__(records, prep, augment, photo_fraction, seed, aligned)
+        super().__init__(records, prep, augment, photo_fraction, seed, aligned, photo_placement)
         self.split = split
 
     def locations(self) -> np.ndarray | None:

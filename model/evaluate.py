@@ -30,8 +30,8 @@ from model.metrics import RetrievalMetrics, retrieval_metrics
 
 @dataclass
 class Embeddings:
-    """Descriptors of the loadable pairs: grd (n, d), sat (n, d) float32, index (n,) int64 into
-    the dataset; `skipped` pairs could not be read."""
+    """Descriptors of the loadable pairs: grd (n, d) (or (h, n, d) for h headings), sat (n, d)
+    float32, index (n,) int64 into the dataset; `skipped` pairs could not be read."""
 
     grd: np.ndarray
     sat: np.ndarray
@@ -83,8 +83,15 @@ def embed_pairs(
     batch_size: int = 64,
     workers: int = 0,
     device: str | torch.device = "cpu",
+    headings: int = 1,
 ) -> Embeddings:
-    """Descriptors of every loadable pair of `dataset` (unreadable ones are reported and skipped)."""
+    """Descriptors of every loadable pair of `dataset` (unreadable ones are reported and skipped).
+
+    headings > 1: each ground input is also embedded turned by 360/headings degree steps
+    (`heading_inputs`), giving grd of shape (headings, n, d).
+    """
+    if headings < 1:
+        raise ValueError(f"headings must be >= 1, got {headings}")
     was_training = net.training
     net.eval()
     loader = DataLoader(
@@ -103,14 +110,28 @@ def embed_pairs(
             skipped += report_failures(batch.failures)
             if len(batch) == 0:
                 continue
-            grd.append(net.embed_ground(batch.grd.to(device)).float().cpu().numpy())
+            turned = heading_inputs(batch.grd.to(device), headings)  # (headings * b, 3, H, W)
+            g = net.embed_ground(turned).float().cpu().numpy()
+            grd.append(g.reshape(headings, len(batch), -1))
             sat.append(net.embed_satellite(batch.sat.to(device)).float().cpu().numpy())
             index.append(batch.index.numpy())
     finally:
         net.train(was_training)
     if not index:
         raise DatasetError(f"no readable pairs to evaluate ({skipped} skipped)")
-    return Embeddings(np.concatenate(grd), np.concatenate(sat), np.concatenate(index), skipped)
+    g_all = np.concatenate(grd, axis=1)
+    g_out = g_all[0] if headings == 1 else g_all
+    return Embeddings(g_out, np.concatenate(sat), np.concatenate(index), skipped)
+
+
+def heading_inputs(grd: torch.Tensor, headings: int) -> torch.Tensor:
+    """(b, 3, H, W) panorama-canvas inputs -> (headings * b, 3, H, W): all b turned by 0, then all
+    by W / headings columns, and so on (row k * b + i is input i at heading step k).
+
+    Turning a canvas by whole columns is the same as the photo having been taken facing
+    360 * k / headings degrees further clockwise."""
+    width = grd.shape[-1]
+    return torch.cat([torch.roll(grd, round(k * width / headings), dims=-1) for k in range(headings)])
 
 
 def pair_locations(dataset: PairDataset, index: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -130,8 +151,9 @@ def evaluate_model(
     batch_size: int = 64,
     workers: int = 0,
     device: str | torch.device = "cpu",
+    headings: int = 1,
 ) -> tuple[RetrievalMetrics, int]:
     """Metrics of `net` on `dataset` and the number of skipped (unreadable) pairs."""
-    emb = embed_pairs(net, dataset, batch_size, workers, device)
+    emb = embed_pairs(net, dataset, batch_size, workers, device, headings)
     query_loc, ref_loc = pair_locations(dataset, emb.index)
     return retrieval_metrics(emb.grd, emb.sat, query_loc, ref_loc), emb.skipped

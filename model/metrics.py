@@ -14,6 +14,10 @@ N = 8,884); later papers use ``K = N // 100`` (88), at least 1. Both are reporte
 
 Similarities are computed in float64, a block of query rows at a time, so N = 10,000 never
 needs an N x N matrix in memory.
+
+A query tried at several headings (a photo of unknown heading placed at h positions on the
+panorama canvas) has h descriptors, ``grd`` of shape (h, n, d); its similarity to a satellite is
+the largest of its h similarities.
 """
 
 from __future__ import annotations
@@ -61,9 +65,9 @@ def top1pct_k(n: int) -> tuple[int, int]:
 
 
 def _check_descriptors(grd: np.ndarray, sat: np.ndarray) -> None:
-    if grd.ndim != 2 or sat.ndim != 2:
-        raise ValueError(f"descriptors must be 2-D (n, d); got {grd.shape} and {sat.shape}")
-    if grd.shape != sat.shape:
+    if grd.ndim not in (2, 3) or sat.ndim != 2:
+        raise ValueError(f"descriptors must be (n, d) or ground (h, n, d); got {grd.shape} and {sat.shape}")
+    if grd.shape[-2:] != sat.shape:
         raise ValueError(f"ground and satellite descriptors differ in shape: {grd.shape} vs {sat.shape}")
     if grd.shape[0] == 0:
         raise ValueError("no descriptors to evaluate (n = 0)")
@@ -74,13 +78,15 @@ def rank_queries(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rank every query against all satellites.
 
-    grd, sat: (n, d) descriptors, row i of each forming the true pair.
+    grd, sat: (n, d) descriptors, row i of each forming the true pair; grd may be (h, n, d), the
+    query at h headings (similarity: the largest over the headings).
     Returns ``(ranks, top1)``, both (n,) int64: ranks as defined in the module docstring, and the
     index of the satellite ranked first (the true one whenever its rank is 0, so that a tie with
     the true match is resolved in the query's favour here too).
     """
     _check_descriptors(grd, sat)
-    n = grd.shape[0]
+    g = grd if grd.ndim == 3 else grd[None]
+    n = g.shape[1]
     s64 = np.ascontiguousarray(sat, dtype=np.float64)
     rows = block_rows or max(1, _BLOCK_ELEMENTS // n)
     ranks = np.empty(n, dtype=np.int64)
@@ -89,7 +95,7 @@ def rank_queries(
         stop = min(n, start + rows)
         # Larger similarity = smaller distance 2 - 2 g.s; comparing similarities avoids the
         # rounding of the subtraction and gives exactly the same order.
-        sim = np.asarray(grd[start:stop], dtype=np.float64) @ s64.T
+        sim = np.max([np.asarray(h[start:stop], dtype=np.float64) @ s64.T for h in g], axis=0)
         idx = np.arange(start, stop)
         positive = sim[idx - start, idx]
         ranks[start:stop] = (sim > positive[:, None]).sum(axis=1)
@@ -158,7 +164,7 @@ def retrieval_metrics(
     ref_latlon: np.ndarray | None = None,
     block_rows: int | None = None,
 ) -> RetrievalMetrics:
-    """Ground->satellite metrics of paired descriptors grd (n, d) and sat (n, d).
+    """Ground->satellite metrics of paired descriptors grd (n, d) (or (h, n, d)) and sat (n, d).
 
     query_latlon / ref_latlon: optional (n, 2) degrees; see `metrics_from_ranks`.
     """

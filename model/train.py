@@ -76,6 +76,8 @@ class TrainConfig:
     alpha: float = 10.0
     workers: int = 0
     photo_fraction: float = 0.0
+    # "column0" or "heading": where photo-like crops go on the canvas (`model.data.PairDataset`).
+    photo_placement: str = "column0"
     augment: bool = True
     # Mirror/turn the whole scene instead of the original's satellite-only crop and rotation
     # (`rotate_flip_pair`): keeps panoramas north-aligned with their tiles.
@@ -197,6 +199,7 @@ def build_train_dataset(cfg: TrainConfig, prep: Preprocessing) -> TrainDataset:
                 cfg.photo_fraction,
                 seed=cfg.seed * 1000 + k,
                 aligned=cfg.aligned_augment,
+                photo_placement=cfg.photo_placement,
             )
         )
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)

@@ -34,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ground queries: the panoramas, or a synthetic world's perspective photos",
     )
     parser.add_argument(
+        "--headings",
+        type=int,
+        default=1,
+        metavar="N",
+        help="try each photo query at N headings (360/N degree steps) and keep each tile's best "
+        "similarity; for weights trained with --photo-placement heading (default 1: column 0 only)",
+    )
+    parser.add_argument(
         "--baseline",
         choices=BASELINES,
         action="append",
@@ -47,8 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     weights = Path(args.weights) if args.weights else default_weights_path()
     loaded = load_checkpoint(weights, device=args.device)
+    if args.headings != 1 and args.queries != "photo":
+        raise ValueError("--headings applies to photo queries (--queries photo); panoramas face north")
     dataset = open_eval_dataset(args.data, loaded.config.preprocessing, args.split, args.queries)
-    metrics, skipped = evaluate_model(loaded.model, dataset, args.batch_size, args.workers, args.device)
+    metrics, skipped = evaluate_model(
+        loaded.model, dataset, args.batch_size, args.workers, args.device, headings=args.headings
+    )
     results: dict[str, RetrievalMetrics] = {"model": metrics}
     for kind in args.baseline:
         results[kind] = baseline_metrics(kind, dataset, seed=args.seed)
@@ -60,6 +72,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "data": str(dataset.root),
         "split": args.split,
         "queries": args.queries,
+        "headings": args.headings,
         "pairs": len(dataset),
         "missing": len(dataset.missing),
         "skipped": skipped,

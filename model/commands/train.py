@@ -43,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="probability of replacing a panorama by a 60-90 degree photo-like crop",
     )
     parser.add_argument(
+        "--photo-placement",
+        choices=("column0", "heading"),
+        default="column0",
+        help="where a photo-like crop goes on the panorama canvas: column 0 (heading unknown, as "
+        "queries are prepared by default) or the columns it was cut from (for queries tried at "
+        "several headings: cvm eval --headings)",
+    )
+    parser.add_argument(
         "--augment",
         choices=("original", "aligned", "none"),
         default="original",
@@ -121,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             threads=args.threads,
             photo_fraction=args.photo_fraction,
+            photo_placement=args.photo_placement,
             augment=args.augment != "none",
             aligned_augment=args.augment == "aligned",
             max_minutes=args.max_minutes,

@@ -169,11 +169,45 @@ def test_random_photo_crop_wraps_around() -> None:
     pano[:, :, 0] = (np.arange(360) % 256).astype(np.uint8)
     pano[:, :, 1] = (np.arange(360) // 256).astype(np.uint8)
     for seed in range(20):
-        crop, fov = random_photo_crop(pano, np.random.default_rng(seed))
+        crop, fov, start = random_photo_crop(pano, np.random.default_rng(seed))
         cols = crop[0, :, 0].astype(int) + 256 * crop[0, :, 1].astype(int)
         assert 60.0 <= fov <= 90.0
         assert crop.shape[1] == round(fov)  # one column per degree here
-        assert np.all(np.diff(cols) % 360 == 1)
+        assert cols[0] == start and np.all(np.diff(cols) % 360 == 1)
+
+
+def test_heading_placement_puts_the_crop_where_it_was_cut(tmp_path: Path) -> None:
+    # A panorama whose 110 columns are coloured by column: the placed crop must show, in every
+    # canvas column it covers, the colour of the panorama column at the same heading.
+    make_cvusa(tmp_path, n=1)
+    pano = np.zeros((20, 110, 3), dtype=np.uint8)
+    pano[:, :, 0] = np.arange(110, dtype=np.uint8) * 2
+    _write_png(tmp_path / "streetview/panos/0000001.jpg", pano)
+    for seed in range(5):
+        ds = CVUSADataset(tmp_path, "train", prep=PREP, augment=True, photo_fraction=1.0, seed=seed)
+        placed = CVUSADataset(
+            tmp_path,
+            "train",
+            prep=PREP,
+            augment=True,
+            photo_fraction=1.0,
+            seed=seed,
+            photo_placement="heading",
+        )
+        at_zero, in_place = ds[0][0], placed[0][0]
+        rng = ds.rng(0)
+        rng.random()  # the photo_fraction draw
+        _, _, start = random_photo_crop(pano, rng)  # the same crop the dataset cut
+        shift = round(start * 64 / 110) % 64
+        assert torch.equal(in_place, torch.roll(at_zero, shift, dims=2))
+        # Red is channel 2 after BGR ordering; + the Caffe mean gives back the pixel value.
+        red = in_place[2, 8] + CAFFE_BGR_MEAN[2]
+        covered = torch.nonzero(torch.count_nonzero(in_place, dim=(0, 1))).flatten()
+        for col in covered[1:-1].tolist():  # inner columns (the edges mix two columns)
+            heading_col = (col + 0.5) * 110 / 64
+            assert abs(float(red[col]) - 2 * heading_col) < 2 * 2.0
+    with pytest.raises(ValueError, match="photo_placement"):
+        CVUSADataset(tmp_path, "train", prep=PREP, photo_placement="north")
 
 
 def test_vo_hays_lists_pair_by_line(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from model.cli import main as cvm_main
 from model.config import ModelConfig, Preprocessing
 from model.cvm_net import build_model
 from model.data import DatasetError
-from model.evaluate import embed_pairs, evaluate_model, open_eval_dataset, resolve_data_root
+from model.evaluate import embed_pairs, evaluate_model, heading_inputs, open_eval_dataset, resolve_data_root
 from model.metrics import EARTH_RADIUS_M
 
 TINY = ModelConfig(
@@ -155,3 +155,39 @@ def test_eval_command_errors_name_the_file(world: Path, tmp_path: Path, capsys) 
     junk.write_bytes(b"garbage")
     assert cvm_main(["eval", "--weights", str(junk), "--data", str(world)]) == 2
     assert str(junk) in capsys.readouterr().err
+
+
+def test_heading_inputs_turn_the_canvas_by_whole_steps() -> None:
+    canvas = torch.arange(2 * 3 * 2 * 8, dtype=torch.float32).reshape(2, 3, 2, 8)
+    turned = heading_inputs(canvas, 4)  # steps of 8 / 4 = 2 columns
+    assert turned.shape == (8, 3, 2, 8)
+    for k in range(4):
+        for i in range(2):
+            # Column c of heading k shows column c - 2k of the original (wrapping around).
+            want = canvas[i][..., [(c - 2 * k) % 8 for c in range(8)]]
+            assert torch.equal(turned[k * 2 + i], want)
+    assert torch.equal(heading_inputs(canvas, 1), canvas)
+
+
+def test_embed_pairs_with_headings_embeds_each_turn(world: Path) -> None:
+    torch.manual_seed(0)
+    net = build_model(TINY).eval()
+    ds = open_eval_dataset(world, TINY.preprocessing, "val", queries="photo")
+    emb = embed_pairs(net, ds, batch_size=4, headings=4)
+    assert emb.grd.shape == (4, N_VAL, 16) and emb.sat.shape == (N_VAL, 16)
+    with torch.no_grad():
+        grd, _, _ = ds[5]
+        # Heading step 3 of 4: the canvas turned by 48 of its 64 columns.
+        want = net.embed_ground(torch.roll(grd, 48, dims=-1)[None]).numpy()[0]
+    np.testing.assert_allclose(emb.grd[3, 5], want, atol=1e-5)
+    assert not np.allclose(emb.grd[0, 5], emb.grd[3, 5])
+
+
+def test_eval_command_headings(world: Path, weights: Path, capsys) -> None:
+    argv = ["eval", "--weights", str(weights), "--data", str(world), "--queries", "photo", "--json"]
+    assert cvm_main([*argv, "--headings", "8"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["headings"] == 8 and report["results"]["model"]["n"] == N_VAL
+    # Panoramas face north: turning them is refused with a message.
+    assert cvm_main(["eval", "--weights", str(weights), "--data", str(world), "--headings", "8"]) == 2
+    assert "--headings" in capsys.readouterr().err

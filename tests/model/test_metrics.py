@@ -110,3 +110,25 @@ def test_retrieval_metrics_rejects_mismatched_shapes() -> None:
         retrieval_metrics(np.zeros((3, 4)), np.zeros((4, 4)))
     with pytest.raises(ValueError, match="locations"):
         metrics_from_ranks(np.zeros(3), np.zeros(3, dtype=int), np.zeros((2, 2)), np.zeros((3, 2)))
+
+
+def test_rank_queries_takes_the_best_heading() -> None:
+    # Unit vectors on a circle: satellite j at angle 60 j degrees. Query 0 tried at two headings:
+    # 150 degrees (between satellites 2 and 3, its own satellite 0 last) and 2 degrees (next to
+    # satellite 0): the best heading counts, rank 0. Query 1 at 100 and 110 degrees: both nearer
+    # satellite 2 than its own satellite 1, rank 1 with satellite 2 first.
+    ang = np.deg2rad(60.0 * np.arange(4))
+    sat = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+
+    def at(deg: float) -> list[float]:
+        return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+
+    rest = [at(120), at(180)]  # queries 2 and 3: exactly their satellites, at both headings
+    grd = np.array([[at(150), at(100), *rest], [at(2), at(110), *rest]])
+    ranks, top1 = rank_queries(grd, sat)
+    assert ranks.tolist() == [0, 1, 0, 0]
+    assert top1.tolist() == [0, 2, 2, 3]
+    # One heading alone is the plain 2-D case.
+    assert rank_queries(grd[0], sat)[0].tolist() == [3, 1, 0, 0]
+    with pytest.raises(ValueError, match="descriptors"):
+        rank_queries(grd[:, :3], sat)

@@ -16,11 +16,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import ConcatDataset
 
 from model.checkpoint import load_checkpoint
 from model.cli import main as cvm_main
 from model.config import ModelConfig, Preprocessing
-from model.train import StepInfo, TrainConfig, TrainError, make_train_config, train
+from model.train import StepInfo, TrainConfig, TrainError, build_train_dataset, make_train_config, train
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = ModelConfig(
@@ -255,3 +256,12 @@ def test_backbone_weights_initialise_both_branches(world: Path, tmp_path: Path) 
     conv11 = [k for k in state if k.endswith(".weight") and state[k].shape == (64, 3, 3, 3)]
     assert len(conv11) == 2  # ground and satellite branches, frozen block 1: still the file's values
     assert all(torch.equal(state[k], sd["features.0.weight"]) for k in conv11)
+
+
+def test_photo_placement_reaches_every_training_dataset(world: Path, tmp_path: Path) -> None:
+    cfg = tiny_train_config(world, tmp_path / "out", photo_fraction=0.5, photo_placement="heading")
+    prep = TINY_MODEL.preprocessing
+    ds = build_train_dataset(replace(cfg, data=[str(world), str(world)]), prep)
+    assert isinstance(ds, ConcatDataset)
+    assert [d.photo_placement for d in ds.datasets] == ["heading", "heading"]
+    assert build_train_dataset(replace(cfg, photo_placement="column0"), prep).photo_placement == "column0"

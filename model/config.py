@@ -32,6 +32,10 @@ class Preprocessing:
                   None when unknown (the paper preset: CVUSA tiles). The indexer uses it as the
                   default tile size.
     pano_north_col: fraction of the panorama width at which north lies (0.0 = left edge).
+    photo_headings: how many headings an ordinary photo (whose heading is unknown) is tried at,
+                  each tile keeping its best similarity: 1 = only at column 0 (as `prepare_photo`
+                  places it); more for weights trained with photos placed at their heading
+                  (`cvm train --photo-placement heading`, docs/training.md).
     """
 
     sat_size: int
@@ -41,6 +45,11 @@ class Preprocessing:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     sat_ground_m: float | None = None
     pano_north_col: float = 0.0
+    photo_headings: int = 1
+
+    def __post_init__(self) -> None:
+        if self.photo_headings < 1:
+            raise ValueError(f"photo_headings must be >= 1, got {self.photo_headings}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,6 +26,7 @@ from model.data import (
     report_failures,
 )
 from model.metrics import RetrievalMetrics, retrieval_metrics
+from model.transforms import heading_inputs
 
 
 @dataclass
@@ -122,16 +123,6 @@ def embed_pairs(
     g_all = np.concatenate(grd, axis=1)
     g_out = g_all[0] if headings == 1 else g_all
     return Embeddings(g_out, np.concatenate(sat), np.concatenate(index), skipped)
-
-
-def heading_inputs(grd: torch.Tensor, headings: int) -> torch.Tensor:
-    """(b, 3, H, W) panorama-canvas inputs -> (headings * b, 3, H, W): all b turned by 0, then all
-    by W / headings columns, and so on (row k * b + i is input i at heading step k).
-
-    Turning a canvas by whole columns is the same as the photo having been taken facing
-    360 * k / headings degrees further clockwise."""
-    width = grd.shape[-1]
-    return torch.cat([torch.roll(grd, round(k * width / headings), dims=-1) for k in range(headings)])
 
 
 def pair_locations(dataset: PairDataset, index: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:

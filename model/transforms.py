@@ -211,6 +211,18 @@ def prepare_photo(rgb: np.ndarray, prep: Preprocessing, fov_deg: float = 90.0) -
     return canvas
 
 
+def heading_inputs(grd: torch.Tensor, headings: int) -> torch.Tensor:
+    """(b, 3, H, W) panorama-canvas inputs -> (headings * b, 3, H, W): all b turned by 0, then all
+    by W / headings columns, and so on (row k * b + i is input i at heading step k).
+
+    Turning a canvas by whole columns is the same as the photo having been taken facing
+    360 * k / headings degrees further clockwise."""
+    if headings < 1:
+        raise ValueError(f"headings must be >= 1, got {headings}")
+    width = grd.shape[-1]
+    return torch.cat([torch.roll(grd, round(k * width / headings), dims=-1) for k in range(headings)])
+
+
 def rotate_flip_pair(
     ground: np.ndarray, sat: np.ndarray, quarter_turns: int, mirror: bool, panorama: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:

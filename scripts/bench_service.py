@@ -200,13 +200,13 @@ class Forward:
 
     def once_ms(self) -> float:
         """One batch-1 forward, ms."""
-        return self._thread.submit(_timed, self.loc.embed, self.x[None]).result() * 1000.0
+        return self._thread.submit(_timed, self.loc.embed, self.x).result() * 1000.0
 
     def rates(self) -> dict[int, float]:
         """Images/s by batch size (median of a few runs each)."""
         out = {}
         for b in (1, 2, 4, 8, 16, 32):
-            batch = self.x[None].expand(b, -1, -1, -1).contiguous()
+            batch = self.x[:1].expand(b, -1, -1, -1).contiguous()
             runs = [
                 self._thread.submit(_timed, self.loc.embed, batch).result() for _ in range(max(3, 48 // b))
             ]

@@ -2,12 +2,16 @@
 without the optimiser/RNG state, with the training lineage and held-out metrics recorded.
 
     .venv/bin/python scripts/export_weights.py RUN/last.pt model/weights/cvm-net-i-cpu.pt \
-        [--metrics metrics.json] [--lineage "A: ...; B: ..."]
+        [--metrics metrics.json] [--lineage "A: ...; B: ..."] [--photo-headings N]
+
+--photo-headings records in the weights' preprocessing how many headings the service tries an
+ordinary photo at (for weights trained with `--photo-placement heading`; docs/training.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,8 +24,13 @@ def main() -> None:
     p.add_argument("dst", type=Path, help="where to write the exported weights")
     p.add_argument("--metrics", type=Path, help="JSON file of evaluation metrics to store with them")
     p.add_argument("--lineage", default="", help="how the weights were trained (free text)")
+    p.add_argument("--photo-headings", type=int, help="headings to try a photo query at (default: keep)")
     args = p.parse_args()
     loaded = load_checkpoint(args.src)
+    if args.photo_headings is not None:
+        cfg = loaded.model.config
+        prep = dataclasses.replace(cfg.preprocessing, photo_headings=args.photo_headings)
+        loaded.model.config = dataclasses.replace(cfg, preprocessing=prep)
     train_config = dict(loaded.meta.get("train_config") or {})
     if args.lineage:
         train_config["lineage"] = args.lineage

@@ -14,7 +14,7 @@ import torch
 
 from model.checkpoint import LoadedModel, file_sha256, load_checkpoint
 from model.config import ModelConfig, Preprocessing
-from model.transforms import input_size, prepare_ground, prepare_photo
+from model.transforms import heading_inputs, input_size, prepare_ground, prepare_photo
 from service.imaging import decode_upload, kind_of_size
 
 KINDS = ("panorama", "photo")
@@ -59,9 +59,11 @@ class Localizer:
         return int(self.model.out_dim)
 
     def prepare(self, data: bytes, kind: str | None) -> tuple[torch.Tensor, str, float, float]:
-        """Bytes -> ((3, H, W) float32 input, kind used, decode seconds, preprocess seconds).
+        """Bytes -> ((m, 3, H, W) float32 input, kind used, decode seconds, preprocess seconds).
 
         `kind` None means: detect from the aspect ratio (width / height >= 3 -> panorama).
+        m is 1, except for a photo under weights whose preprocessing tries it at
+        `photo_headings` headings (one input per heading, `heading_inputs`).
         Raises the image errors of `service.imaging`.
         """
         if kind not in (None, *KINDS):
@@ -79,9 +81,11 @@ class Localizer:
         t1 = time.perf_counter()
         used = chosen[0]
         if used == "panorama":
-            x = prepare_ground(rgb, self.preprocessing)
+            x = prepare_ground(rgb, self.preprocessing)[None]
         else:
-            x = prepare_photo(rgb, self.preprocessing)
+            x = prepare_photo(rgb, self.preprocessing)[None]
+            if self.preprocessing.photo_headings > 1:
+                x = heading_inputs(x, self.preprocessing.photo_headings)
         return x, used, t1 - t0, time.perf_counter() - t1
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:

@@ -30,7 +30,8 @@ STAGES = ("decode", "preprocess", "queue", "forward", "search", "database", "tot
 
 @dataclass(frozen=True)
 class Query:
-    """One prepared image waiting for a forward pass: (3, H, W) input, its build, its k."""
+    """One prepared image waiting for a forward pass: (m, 3, H, W) input (m > 1: a photo tried
+    at m headings), its build, its k."""
 
     x: torch.Tensor
     snapshot: IndexSnapshot
@@ -70,23 +71,51 @@ class LocalizeResult:
 def run_batch(localizer: Localizer, queries: Sequence[Query]) -> list[Match]:
     """One forward pass for all queries, then one search per snapshot among them. Blocking."""
     t0 = time.perf_counter()
-    # A lone query needs no stacked copy of its input: a view with a batch axis is enough.
-    x = queries[0].x[None] if len(queries) == 1 else torch.stack([q.x for q in queries])
+    # A lone query needs no concatenated copy of its input.
+    x = queries[0].x if len(queries) == 1 else torch.cat([q.x for q in queries])
     emb = localizer.embed(x)
     forward_s = time.perf_counter() - t0
+    ends = np.cumsum([len(q.x) for q in queries])  # query i owns rows ends[i] - m .. ends[i]
     by_snapshot: dict[int, list[int]] = {}
     for i, q in enumerate(queries):
         by_snapshot.setdefault(id(q.snapshot), []).append(i)
     matches: list[Match | None] = [None] * len(queries)
     t1 = time.perf_counter()
-    for rows in by_snapshot.values():
-        snap, k_max = queries[rows[0]].snapshot, max(queries[i].k for i in rows)
+    for members in by_snapshot.values():
+        snap, k_max = queries[members[0]].snapshot, max(queries[i].k for i in members)
+        rows = np.concatenate([np.arange(ends[i] - len(queries[i].x), ends[i]) for i in members])
         scores, ids = snap.search(emb[rows], k_max)
-        for j, i in enumerate(rows):
-            k = queries[i].k
-            matches[i] = Match(ids[j, :k], scores[j, :k], forward_s, 0.0)
+        start = 0
+        for i in members:
+            m, k = len(queries[i].x), queries[i].k
+            best_ids, best_scores = best_per_tile(ids[start : start + m], scores[start : start + m], k)
+            matches[i] = Match(best_ids, best_scores, forward_s, 0.0)
+            start += m
     search_s = time.perf_counter() - t1
     return [Match(m.ids, m.scores, m.forward_s, search_s) for m in matches if m is not None]
+
+
+def best_per_tile(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best tiles of a query searched as m inputs (m headings of one photo): ids and scores
+    (m, k') each, k' >= k, best first per row -> ids (<= k,), scores, each tile at its best score.
+
+    Exact: a tile among the k best by best score is among the k best of its best row (any tile
+    ranked above it there has a best score at least as high).
+    """
+    if len(ids) == 1:
+        return ids[0, :k], scores[0, :k]
+    flat_ids, flat_scores = ids.ravel(), scores.ravel()
+    order = np.argsort(-flat_scores, kind="stable")
+    seen: set[int] = set()
+    keep: list[int] = []
+    for j in order:
+        tile = int(flat_ids[j])
+        if tile >= 0 and tile not in seen:
+            seen.add(tile)
+            keep.append(j)
+            if len(keep) == k:
+                break
+    return flat_ids[keep], flat_scores[keep]
 
 
 def rank(snapshot: IndexSnapshot, match: Match) -> list[Candidate]:

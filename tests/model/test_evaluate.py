@@ -17,8 +17,9 @@ from model.cli import main as cvm_main
 from model.config import ModelConfig, Preprocessing
 from model.cvm_net import build_model
 from model.data import DatasetError
-from model.evaluate import embed_pairs, evaluate_model, heading_inputs, open_eval_dataset, resolve_data_root
+from model.evaluate import embed_pairs, evaluate_model, open_eval_dataset, resolve_data_root
 from model.metrics import EARTH_RADIUS_M
+from model.transforms import heading_inputs
 
 TINY = ModelConfig(
     arch="cvm-net-i",

@@ -1,0 +1,95 @@
+"""Photos of unknown heading, under weights that ask for several headings (`photo_headings`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from model.checkpoint import save_checkpoint
+from model.transforms import load_image_rgb, prepare_photo
+from service.main import create_app
+from service.pipeline import best_per_tile
+from tests.service.world import make_world, panorama_bytes, photo_bytes
+
+TURNED_TILE = 7  # its vector is the photo's descriptor at heading step 2 of 4
+
+
+def test_best_per_tile_keeps_each_tile_at_its_best_score() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        m, k = int(rng.integers(1, 5)), int(rng.integers(1, 6))
+        # m rows of k' = k + 2 distinct ids from 0..9 (or -1 for empty slots), scores descending.
+        ids = np.array([rng.choice(np.arange(-1, 10), size=k + 2, replace=False) for _ in range(m)])
+        scores = -np.sort(-rng.random((m, k + 2)).astype(np.float32), axis=1)
+        got_ids, got_scores = best_per_tile(ids, scores, k)
+        best: dict[int, float] = {}
+        for i, s in zip(ids.ravel().tolist(), scores.ravel().tolist(), strict=True):
+            if i >= 0 or m == 1:
+                best[i] = max(best.get(i, -np.inf), s)
+        want = sorted(best.items(), key=lambda t: -t[1])[:k]
+        assert got_ids.tolist() == [i for i, _ in want]
+        assert got_scores.tolist() == pytest.approx([s for _, s in want])
+
+
+def _world_with_headings(root: Path, headings: int):
+    """A service world whose weights ask for `headings` photo headings; tile TURNED_TILE holds the
+    photo's descriptor at heading step 2 of 4 (its canvas turned by half the panorama width)."""
+    world = make_world(root)
+    prep = dataclasses.replace(world.net.config.preprocessing, photo_headings=headings)
+    world.net.config = dataclasses.replace(world.net.config, preprocessing=prep)
+    save_checkpoint(world.weights, world.net)
+    canvas = prepare_photo(load_image_rgb(photo_bytes()), prep)
+    with torch.inference_mode():
+        turned = world.net.embed_ground(torch.roll(canvas, prep.grd_size[1] // 2, dims=-1)[None])[0]
+        unturned = world.net.embed_ground(canvas[None])[0]
+    assert float(turned @ unturned) < 0.999  # the heading matters to the descriptor
+    world.add_build({TURNED_TILE: turned.numpy().astype(np.float32)})
+    return world
+
+
+@pytest.mark.parametrize("headings", [4, 1])
+def test_photo_is_tried_at_the_weights_headings(tmp_path: Path, headings: int) -> None:
+    world = _world_with_headings(tmp_path, headings)
+    with TestClient(create_app(world.settings())) as client:
+        resp = client.post("/localize", params={"k": 3}, files={"image": ("q.jpg", photo_bytes())})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        pano = client.post("/localize", files={"image": ("p.png", panorama_bytes())}).json()
+    top = body["candidates"][0]
+    planted = world.builds[body["build_id"]]["tile_ids"][TURNED_TILE]
+    ids = [c["tile_id"] for c in body["candidates"]]
+    assert body["kind"] == "photo" and len(ids) == len(set(ids)) == 3
+    if headings == 4:
+        # Heading step 2 is among the four tried: the planted descriptor is met exactly.
+        assert top["tile_id"] == planted and top["score"] == pytest.approx(1.0, abs=1e-4)
+    else:
+        assert top["tile_id"] != planted or top["score"] < 0.999
+    assert pano["kind"] == "panorama" and len(pano["candidates"]) == 5  # panoramas: one input
+
+
+def test_batched_photo_headings_give_the_lone_answer(tmp_path: Path) -> None:
+    world = _world_with_headings(tmp_path, 4)
+    images = [("p.png", panorama_bytes()), ("q.jpg", photo_bytes())] * 4
+    with TestClient(create_app(world.settings(batch_window_ms=200.0, max_batch=16))) as client:
+
+        def ask(item: tuple[str, bytes]) -> dict:
+            resp = client.post("/localize", params={"k": 4}, files={"image": item})
+            assert resp.status_code == 200, resp.text
+            return resp.json()
+
+        alone = [ask(item) for item in images[:2]]
+        with ThreadPoolExecutor(max_workers=len(images)) as pool:
+            together = list(pool.map(ask, images))
+    assert max(r["batch_size"] for r in together) > 1
+    for i, got in enumerate(together):
+        want = alone[i % 2]
+        assert [c["tile_id"] for c in got["candidates"]] == [c["tile_id"] for c in want["candidates"]]
+        assert [c["score"] for c in got["candidates"]] == pytest.approx(
+            [c["score"] for c in want["candidates"]], abs=1e-5
+        )

@@ -159,7 +159,7 @@ def open_build(opts: BuildOptions, ctx: BuildContext) -> dict[str, Any]:
             weights_path=str(ctx.loaded.path.resolve()),
             weights_sha256=ctx.weights_sha256,
             model_arch=ctx.loaded.config.arch,
-            embed_dim=ctx.loaded.config.out_dim,
+            embed_dim=ctx.loaded.config.descriptor_dim,
             params=params,
             counts={},
             timings={},
@@ -286,7 +286,7 @@ def embed_stage(ctx: BuildContext, params: dict[str, Any], planned: int, opts: B
     sources = {p: RasterInfo.from_dict(d) for p, d in params.get("sources", {}).items()}
     reader = ChipReader(sources, prep.sat_size)
     embedder = Embedder(ctx.loaded.model, ctx.device, prep)
-    batch, dim = int(params["batch_size"]), ctx.loaded.config.out_dim
+    batch, dim = int(params["batch_size"]), ctx.loaded.config.descriptor_dim
     failed = _failed_sources(shard_dir)
     bar = tqdm(total=planned, unit="tile", disable=not opts.progress, desc="embedding", mininterval=1.0)
     # The task generator queues each pending shard as it starts feeding its tiles to the readers,

@@ -150,7 +150,7 @@ class Embedder:
     @torch.inference_mode()
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         x = normalise_batch(pixels, self.prep).to(self.device, non_blocking=True)
-        return self.net.embed_satellite(x).float().cpu().numpy()
+        return self.net.describe_satellite(x).float().cpu().numpy()
 
 
 def shard_path(shard_dir: Path, first_id: int) -> Path:

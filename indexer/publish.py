@@ -107,7 +107,7 @@ def _every(ctx: BuildContext, plan: MergePlan, count: int) -> np.ndarray:
 
 def build_index(ctx: BuildContext, plan: MergePlan, kind: str, use_gpu: bool) -> tuple[Any, Any, dict]:
     """Train and fill the index over the kept tiles; returns (index, spec, stats)."""
-    d = ctx.loaded.config.out_dim
+    d = ctx.loaded.config.descriptor_dim
     spec = faiss_index.choose_spec(kind, len(plan.keep), d)
     index = faiss_index.new_index(spec, d)
     if not index.is_trained:

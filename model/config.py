@@ -36,6 +36,9 @@ class Preprocessing:
                   each tile keeping its best similarity: 1 = only at column 0 (as `prepare_photo`
                   places it); more for weights trained with photos placed at their heading
                   (`cvm train --photo-placement heading`, docs/training.md).
+    views:        test-time views in every descriptor (1, 4 or 8; `model.views`): the mean
+                  similarity over turned/mirrored copies of both images. Training uses one view;
+                  the indexer, the service and evaluation use `views`.
     """
 
     sat_size: int
@@ -46,10 +49,13 @@ class Preprocessing:
     sat_ground_m: float | None = None
     pano_north_col: float = 0.0
     photo_headings: int = 1
+    views: int = 1
 
     def __post_init__(self) -> None:
         if self.photo_headings < 1:
             raise ValueError(f"photo_headings must be >= 1, got {self.photo_headings}")
+        if self.views not in (1, 4, 8):
+            raise ValueError(f"views must be 1, 4 or 8, got {self.views}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,6 +113,11 @@ class ModelConfig:
             raise ValueError(f"unknown init {self.init!r}; expected one of {', '.join(INITS)}")
         if 512 % self.width_div:
             raise ValueError(f"width_div must divide 512, got {self.width_div}")
+
+    @property
+    def descriptor_dim(self) -> int:
+        """Size of the stored/searched descriptor: out_dim per test-time view."""
+        return self.out_dim * self.preprocessing.views
 
     @property
     def feature_dim(self) -> int:

@@ -21,6 +21,7 @@ from torch import nn
 from model.backbone import VGG16Conv5, conv_unit, init_convs
 from model.config import ModelConfig
 from model.netvlad import L2_EPS, NetVLAD
+from model.views import describe, ground_view, satellite_view
 
 
 class CVMNet(nn.Module):
@@ -58,6 +59,15 @@ class CVMNet(nn.Module):
         size = self.config.preprocessing.sat_size
         _check_input(x, (size, size), "satellite")
         return self.head(self.satellite_features(x))
+
+    def describe_ground(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, 3, H, W) -> (b, descriptor_dim): the descriptor the index and the service compare,
+        `embed_ground` of each test-time view of the preprocessing (`model.views`)."""
+        return describe(self.embed_ground, ground_view, x, self.config.preprocessing.views)
+
+    def describe_satellite(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, 3, S, S) -> (b, descriptor_dim): `describe_ground`'s counterpart for tiles."""
+        return describe(self.embed_satellite, satellite_view, x, self.config.preprocessing.views)
 
     def forward(self, grd: torch.Tensor, sat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(b, 3, H, W) ground, (b, 3, S, S) satellite -> (g (b, out_dim), s (b, out_dim))."""

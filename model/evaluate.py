@@ -112,9 +112,9 @@ def embed_pairs(
             if len(batch) == 0:
                 continue
             turned = heading_inputs(batch.grd.to(device), headings)  # (headings * b, 3, H, W)
-            g = net.embed_ground(turned).float().cpu().numpy()
+            g = net.describe_ground(turned).float().cpu().numpy()
             grd.append(g.reshape(headings, len(batch), -1))
-            sat.append(net.embed_satellite(batch.sat.to(device)).float().cpu().numpy())
+            sat.append(net.describe_satellite(batch.sat.to(device)).float().cpu().numpy())
             index.append(batch.index.numpy())
     finally:
         net.train(was_training)

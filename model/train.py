@@ -230,11 +230,22 @@ def _new_run(cfg: TrainConfig) -> tuple[CVMNet, torch.optim.Optimizer, RunState]
 
 def _load_init_weights(net: CVMNet, path: str) -> None:
     """Start from the weights of an earlier run (e.g. continuing on more data); the
-    architecture must be the same, the optimiser starts afresh."""
+    architecture must be the same, the optimiser starts afresh. Inference-only settings of the
+    preprocessing (`INFERENCE_ONLY`, e.g. the shipped weights' test-time views) are this run's."""
     loaded = load_checkpoint(path)
-    if loaded.config.to_dict() != net.config.to_dict():
+    if _trained_part(loaded.config) != _trained_part(net.config):
         raise TrainError(f"{path}: its model config differs from this run's; cannot start from it")
     net.load_state_dict(loaded.model.state_dict())
+
+
+# Preprocessing fields that only change how trained weights are used, not what they learn.
+INFERENCE_ONLY = ("views", "photo_headings")
+
+
+def _trained_part(cfg: ModelConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    d["preprocessing"] = {k: v for k, v in d["preprocessing"].items() if k not in INFERENCE_ONLY}
+    return d
 
 
 def _optimizer(net: CVMNet, cfg: TrainConfig) -> torch.optim.Optimizer:

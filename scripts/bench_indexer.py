@@ -45,16 +45,16 @@ def make_raster(path: Path, size: int, gsd: float = 0.55) -> None:
 
 
 def forward_rate(weights: Path, batch: int, n: int, device: str) -> float:
-    """Tiles/s of embed_satellite alone on random prepared batches (no I/O)."""
+    """Tiles/s of describe_satellite (every test-time view) alone on random prepared batches (no I/O)."""
     loaded = load_checkpoint(weights, device=device)
     s = loaded.config.preprocessing.sat_size
     x = torch.randn(batch, 3, s, s, device=device)
     with torch.inference_mode():
-        loaded.model.embed_satellite(x)  # warm-up
+        loaded.model.describe_satellite(x)  # warm-up
         t0 = time.perf_counter()
         done = 0
         while done < n:
-            loaded.model.embed_satellite(x).cpu()
+            loaded.model.describe_satellite(x).cpu()
             done += batch
     return done / (time.perf_counter() - t0)
 
@@ -116,7 +116,7 @@ def main() -> None:
             w, e, n = build_rate(raster, weights, args.batch_size, args.device, work)
             runs.append((w, e, forward_rate(weights, args.batch_size, n, args.device)))
         whole, embed, pure = (max(col) for col in zip(*runs, strict=True))
-        d = load_checkpoint(weights).config.out_dim
+        d = load_checkpoint(weights).config.descriptor_dim
     print(
         f"tiles: {n} ({args.size_px} px raster), batch {args.batch_size}, device {args.device}, "
         f"torch threads {torch.get_num_threads()}, read threads {default_read_threads()}, "
@@ -125,7 +125,7 @@ def main() -> None:
     # the ratios only mean something on an otherwise idle machine: say how busy it was (the
     # benchmark itself keeps both cores busy, so the load average after it says nothing)
     print(f"load average (1 min) before the run: {load_before:.2f}")
-    print(f"pure forward (embed_satellite):  {pure:8.1f} tiles/s")
+    print(f"pure forward (describe_satellite): {pure:8.1f} tiles/s")
     print(f"embedding stage (read+embed):    {embed:8.1f} tiles/s  ratio {embed / pure:.2f}")
     print(f"whole build (plan..publish):     {whole:8.1f} tiles/s  ratio {whole / pure:.2f}")
     # a build and the forward right after it see about the same load: their ratio drifts less

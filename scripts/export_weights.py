@@ -4,18 +4,19 @@ without the optimiser/RNG state, with the training lineage and held-out metrics 
     .venv/bin/python scripts/export_weights.py RUN/last.pt model/weights/cvm-net-i-cpu.pt \
         [--metrics metrics.json] [--lineage "A: ...; B: ..."] [--photo-headings N]
 
---photo-headings records in the weights' preprocessing how many headings the service tries an
-ordinary photo at (for weights trained with `--photo-placement heading`; docs/training.md).
+--views and --photo-headings record in the weights' preprocessing how many test-time views every
+descriptor averages and how many headings an ordinary photo is tried at (docs/model.md); the
+weights themselves are unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from model.views import set_inference_options
 
 
 def main() -> None:
@@ -25,12 +26,10 @@ def main() -> None:
     p.add_argument("--metrics", type=Path, help="JSON file of evaluation metrics to store with them")
     p.add_argument("--lineage", default="", help="how the weights were trained (free text)")
     p.add_argument("--photo-headings", type=int, help="headings to try a photo query at (default: keep)")
+    p.add_argument("--views", type=int, choices=(1, 4, 8), help="test-time views (default: keep)")
     args = p.parse_args()
     loaded = load_checkpoint(args.src)
-    if args.photo_headings is not None:
-        cfg = loaded.model.config
-        prep = dataclasses.replace(cfg.preprocessing, photo_headings=args.photo_headings)
-        loaded.model.config = dataclasses.replace(cfg, preprocessing=prep)
+    set_inference_options(loaded.model, views=args.views, photo_headings=args.photo_headings)
     train_config = dict(loaded.meta.get("train_config") or {})
     if args.lineage:
         train_config["lineage"] = args.lineage

@@ -56,7 +56,7 @@ class Localizer:
     @property
     def out_dim(self) -> int:
         """Descriptor size d."""
-        return int(self.model.out_dim)
+        return int(self.config.descriptor_dim)
 
     def prepare(self, data: bytes, kind: str | None) -> tuple[torch.Tensor, str, float, float]:
         """Bytes -> ((m, 3, H, W) float32 input, kind used, decode seconds, preprocess seconds).
@@ -93,5 +93,5 @@ class Localizer:
         with self._count_lock:
             self.forward_calls += 1
         with torch.inference_mode():
-            out = self.model.embed_ground(batch.to(self.device))
+            out = self.model.describe_ground(batch.to(self.device))
         return out.float().cpu().numpy()

@@ -15,6 +15,7 @@ from model.data import DatasetError
 from model.evaluate import evaluate_model, open_eval_dataset
 from model.metrics import RetrievalMetrics, format_table
 from model.transforms import ImageLoadError
+from model.views import set_inference_options
 from model.weights import default_weights_path
 
 HELP = "evaluate a checkpoint: R@1/5/10, R@1%% (both conventions), median rank, location error"
@@ -42,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "similarity; for weights trained with --photo-placement heading (default 1: column 0 only)",
     )
     parser.add_argument(
+        "--views",
+        type=int,
+        choices=(1, 4, 8),
+        help="test-time views of every descriptor (default: the checkpoint's; docs/model.md)",
+    )
+    parser.add_argument(
         "--baseline",
         choices=BASELINES,
         action="append",
@@ -55,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     weights = Path(args.weights) if args.weights else default_weights_path()
     loaded = load_checkpoint(weights, device=args.device)
+    if args.views is not None:
+        set_inference_options(loaded.model, views=args.views)
     if args.headings != 1 and args.queries != "photo":
         raise ValueError("--headings applies to photo queries (--queries photo); panoramas face north")
     dataset = open_eval_dataset(args.data, loaded.config.preprocessing, args.split, args.queries)
@@ -73,6 +82,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "split": args.split,
         "queries": args.queries,
         "headings": args.headings,
+        "views": loaded.model.config.preprocessing.views,
         "pairs": len(dataset),
         "missing": len(dataset.missing),
         "skipped": skipped,

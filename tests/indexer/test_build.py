@@ -18,8 +18,9 @@ from indexer import catalog
 from indexer.cli import main
 from indexer.db import make_engine, session_scope
 from indexer.faiss_index import read_index
-from model.checkpoint import load_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.transforms import prepare_satellite
+from model.views import set_inference_options
 
 
 def run(db_url: str, index_dir: Path, *args: str) -> int:
@@ -230,3 +231,27 @@ def test_build_from_tiles_csv(tmp_path: Path, tiny_weights: Path, capsys: pytest
     ]
     index, _ = read_index(idx / f"build-{build_id}")
     assert index.ntotal == 2
+
+
+def test_build_with_test_time_views_stores_the_multi_view_descriptor(
+    tmp_path: Path, tiny_weights: Path, shared_data: Path
+) -> None:
+    loaded = load_checkpoint(tiny_weights)
+    set_inference_options(loaded.model, views=4)
+    weights = tmp_path / "views4.pt"
+    save_checkpoint(weights, loaded.model)
+    url, idx = f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "idx"
+    cogeo = shared_data / "geotiff" / "cogeo.tif"
+    assert build(url, idx, weights, "--imagery", str(cogeo)) == 0
+    build_id, tiles = _active(url)
+    index, meta = read_index(idx / f"build-{build_id}")
+    assert meta["d"] == index.d == 4 * 16
+    tile = tiles[sorted(tiles)[50]]
+    with rasterio.open(cogeo) as ds:
+        window = Window(tile.col_off, tile.row_off, tile.width, tile.height)
+        data = ds.read(window=window, out_shape=(3, 32, 32), resampling=Resampling.average)
+    x = prepare_satellite(np.ascontiguousarray(data.transpose(1, 2, 0)), loaded.config.preprocessing)
+    with torch.no_grad():
+        views = [loaded.model.embed_satellite(torch.rot90(x, k, dims=(-2, -1))[None])[0] for k in range(4)]
+    expected = torch.cat(views).numpy() / 2.0  # concatenated, divided by sqrt(4)
+    np.testing.assert_allclose(index.reconstruct(tile.id), expected, atol=1e-5)

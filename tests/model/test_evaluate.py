@@ -192,3 +192,13 @@ def test_eval_command_headings(world: Path, weights: Path, capsys) -> None:
     # Panoramas face north: turning them is refused with a message.
     assert cvm_main(["eval", "--weights", str(weights), "--data", str(world), "--headings", "8"]) == 2
     assert "--headings" in capsys.readouterr().err
+
+
+def test_eval_command_views_override(world: Path, weights: Path, capsys) -> None:
+    argv = ["eval", "--weights", str(weights), "--data", str(world), "--json"]
+    assert cvm_main([*argv, "--views", "4"]) == 0
+    four = json.loads(capsys.readouterr().out)
+    assert cvm_main(argv) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert four["views"] == 4 and one["views"] == 1
+    assert four["results"]["model"]["n"] == one["results"]["model"]["n"] == N_VAL

@@ -18,10 +18,12 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.cli import main as cvm_main
 from model.config import ModelConfig, Preprocessing
+from model.cvm_net import build_model
 from model.train import StepInfo, TrainConfig, TrainError, build_train_dataset, make_train_config, train
+from model.views import set_inference_options
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = ModelConfig(
@@ -265,3 +267,26 @@ def test_photo_placement_reaches_every_training_dataset(world: Path, tmp_path: P
     assert isinstance(ds, ConcatDataset)
     assert [d.photo_placement for d in ds.datasets] == ["heading", "heading"]
     assert build_train_dataset(replace(cfg, photo_placement="column0"), prep).photo_placement == "column0"
+
+
+def test_init_weights_ignore_inference_options_but_not_architecture(world: Path, tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    source = build_model(TINY_MODEL)
+    set_inference_options(source, views=8, photo_headings=4)
+    init = tmp_path / "init.pt"
+    save_checkpoint(init, source)
+    out = tmp_path / "run"
+    train(tiny_train_config(world, out, epochs=1, lr=0.0, init_weights=str(init), checkpoint_minutes=60.0))
+    trained = load_checkpoint(out / "last.pt")
+    # lr 0: the run's parameters are the init's (BatchNorm statistics move); its config is the
+    # run's (one view, one heading).
+    params = {name for name, _ in source.named_parameters()}
+    assert_same_weights(
+        {k: v for k, v in trained.model.state_dict().items() if k in params},
+        {k: v for k, v in source.state_dict().items() if k in params},
+    )
+    assert trained.config.preprocessing.views == 1 and trained.config.preprocessing.photo_headings == 1
+    other = replace(TINY_MODEL, out_dim=8)
+    save_checkpoint(init, build_model(other))
+    with pytest.raises(TrainError, match="model config differs"):
+        train(tiny_train_config(world, tmp_path / "run2", epochs=1, init_weights=str(init)))

@@ -105,7 +105,7 @@ class World:
         prep = self.net.config.preprocessing
         x = prepare_ground(rgb, prep) if kind == "panorama" else prepare_photo(rgb, prep)
         with torch.inference_mode():
-            return self.net.embed_ground(x[None]).numpy()[0].astype(np.float32)
+            return self.net.describe_ground(x[None]).numpy()[0].astype(np.float32)
 
     def add_build(self, planted: dict[int, np.ndarray], *, activate_it: bool = True, seed: int = 0) -> int:
         """A build over every tile: random unit vectors, except `planted` {tile index: vector}.
@@ -119,7 +119,7 @@ class World:
                 weights_path=str(self.weights),
                 weights_sha256=self.weights_sha256,
                 model_arch="cvm-net-i",
-                embed_dim=self.net.out_dim,
+                embed_dim=self.net.config.descriptor_dim,
                 n_tiles=len(self.tiles),
             )
             session.add(build)
@@ -143,7 +143,7 @@ class World:
 
     def _vectors(self, planted: dict[int, np.ndarray], seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
-        vecs = rng.standard_normal((len(self.tiles), self.net.out_dim)).astype(np.float32)
+        vecs = rng.standard_normal((len(self.tiles), self.net.config.descriptor_dim)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         for i, v in planted.items():
             vecs[i] = v

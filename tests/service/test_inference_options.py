@@ -1,8 +1,7 @@
-"""Photos of unknown heading, under weights that ask for several headings (`photo_headings`)."""
+"""Inference options stored with the weights: photo headings (`photo_headings`) and test-time views."""
 
 from __future__ import annotations
 
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,11 +12,12 @@ from fastapi.testclient import TestClient
 
 from model.checkpoint import save_checkpoint
 from model.transforms import load_image_rgb, prepare_photo
+from model.views import set_inference_options
 from service.main import create_app
 from service.pipeline import best_per_tile
 from tests.service.world import make_world, panorama_bytes, photo_bytes
 
-TURNED_TILE = 7  # its vector is the photo's descriptor at heading step 2 of 4
+TURNED_TILE = 7  # the planted tile: the photo's descriptor at heading step 2 of 4, or the panorama's
 
 
 def test_best_per_tile_keeps_each_tile_at_its_best_score() -> None:
@@ -41,9 +41,9 @@ def _world_with_headings(root: Path, headings: int):
     """A service world whose weights ask for `headings` photo headings; tile TURNED_TILE holds the
     photo's descriptor at heading step 2 of 4 (its canvas turned by half the panorama width)."""
     world = make_world(root)
-    prep = dataclasses.replace(world.net.config.preprocessing, photo_headings=headings)
-    world.net.config = dataclasses.replace(world.net.config, preprocessing=prep)
+    set_inference_options(world.net, photo_headings=headings)
     save_checkpoint(world.weights, world.net)
+    prep = world.net.config.preprocessing
     canvas = prepare_photo(load_image_rgb(photo_bytes()), prep)
     with torch.inference_mode():
         turned = world.net.embed_ground(torch.roll(canvas, prep.grd_size[1] // 2, dims=-1)[None])[0]
@@ -93,3 +93,20 @@ def test_batched_photo_headings_give_the_lone_answer(tmp_path: Path) -> None:
         assert [c["score"] for c in got["candidates"]] == pytest.approx(
             [c["score"] for c in want["candidates"]], abs=1e-5
         )
+
+
+def test_panorama_under_test_time_views(tmp_path: Path) -> None:
+    """Weights with 4 views: the service compares 4 x 16 = 64-d descriptors, built like the
+    indexer's (`describe_ground`), and finds the tile holding the query's own descriptor."""
+    world = make_world(tmp_path)
+    set_inference_options(world.net, views=4)
+    save_checkpoint(world.weights, world.net)
+    assert world.net.config.descriptor_dim == 4 * world.net.out_dim
+    planted = world.descriptor(panorama_bytes(), "panorama")
+    assert planted.shape == (world.net.config.descriptor_dim,)
+    world.add_build({TURNED_TILE: planted})
+    with TestClient(create_app(world.settings())) as client:
+        body = client.post("/localize", files={"image": ("p.png", panorama_bytes())}).json()
+    top = body["candidates"][0]
+    assert top["tile_id"] == world.builds[body["build_id"]]["tile_ids"][TURNED_TILE]
+    assert top["score"] == pytest.approx(1.0, abs=1e-4)

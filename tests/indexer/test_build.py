@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -19,6 +20,7 @@ from indexer.cli import main
 from indexer.db import make_engine, session_scope
 from indexer.faiss_index import read_index
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import Preprocessing
 from model.transforms import prepare_satellite
 from model.views import set_inference_options
 
@@ -42,6 +44,14 @@ def _active(db_url: str) -> tuple[int, dict[int, object]]:
     return bid, tiles
 
 
+def _tile_input(raster: Path, tile: Any, prep: Preprocessing) -> torch.Tensor:
+    """A tile's network input computed by hand: its window read by rasterio at 32 px, prepared."""
+    with rasterio.open(raster) as ds:
+        window = Window(tile.col_off, tile.row_off, tile.width, tile.height)
+        data = ds.read(window=window, out_shape=(3, 32, 32), resampling=Resampling.average)
+    return prepare_satellite(np.ascontiguousarray(data.transpose(1, 2, 0)), prep)
+
+
 def test_build_cogeo_indexes_every_tile_with_its_own_vector(
     db_url: str, index_dir: Path, tiny_weights: Path, shared_data: Path
 ) -> None:
@@ -56,10 +66,7 @@ def test_build_cogeo_indexes_every_tile_with_its_own_vector(
     # recompute one tile's descriptor by hand: read its window with rasterio, prepare, embed
     loaded = load_checkpoint(tiny_weights)
     tile = tiles[sorted(tiles)[50]]
-    with rasterio.open(cogeo) as ds:
-        window = Window(tile.col_off, tile.row_off, tile.width, tile.height)
-        data = ds.read(window=window, out_shape=(3, 32, 32), resampling=Resampling.average)
-    x = prepare_satellite(np.ascontiguousarray(data.transpose(1, 2, 0)), loaded.config.preprocessing)
+    x = _tile_input(cogeo, tile, loaded.config.preprocessing)
     with torch.no_grad():
         expected = loaded.model.embed_satellite(x[None]).numpy()[0]
     np.testing.assert_allclose(index.reconstruct(tile.id), expected, atol=1e-5)
@@ -247,10 +254,7 @@ def test_build_with_test_time_views_stores_the_multi_view_descriptor(
     index, meta = read_index(idx / f"build-{build_id}")
     assert meta["d"] == index.d == 4 * 16
     tile = tiles[sorted(tiles)[50]]
-    with rasterio.open(cogeo) as ds:
-        window = Window(tile.col_off, tile.row_off, tile.width, tile.height)
-        data = ds.read(window=window, out_shape=(3, 32, 32), resampling=Resampling.average)
-    x = prepare_satellite(np.ascontiguousarray(data.transpose(1, 2, 0)), loaded.config.preprocessing)
+    x = _tile_input(cogeo, tile, loaded.config.preprocessing)
     with torch.no_grad():
         views = [loaded.model.embed_satellite(torch.rot90(x, k, dims=(-2, -1))[None])[0] for k in range(4)]
     expected = torch.cat(views).numpy() / 2.0  # concatenated, divided by sqrt(4)

@@ -9,24 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import ModelConfig, Preprocessing
+from model.config import Preprocessing
 from model.cvm_net import build_model
 from model.transforms import prepare_ground, prepare_satellite, rotate_flip_pair
 from model.views import describe, ground_view, satellite_view, set_inference_options, view_transforms
+from tests.model.test_evaluate import TINY
 
-# Native sizes: prepare_* only normalises, so view and raw transform can be compared exactly.
-PREP = Preprocessing(sat_size=32, grd_size=(16, 64))
-TINY = ModelConfig(
-    arch="cvm-net-i",
-    preset="custom",
-    preprocessing=PREP,
-    width_div=16,
-    batchnorm=True,
-    num_clusters=4,
-    out_dim=16,
-    frozen_blocks=0,
-    init="kaiming",
-)
+# Native sizes (32 px tiles, 16 x 64 panoramas): prepare_* only normalises, so a view and the
+# raw scene transform can be compared exactly.
+PREP = TINY.preprocessing
 
 
 def test_view_order() -> None:

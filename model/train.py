@@ -233,7 +233,7 @@ def _load_init_weights(net: CVMNet, path: str) -> None:
     architecture must be the same, the optimiser starts afresh. Inference-only settings of the
     preprocessing (`INFERENCE_ONLY`, e.g. the shipped weights' test-time views) are this run's."""
     loaded = load_checkpoint(path)
-    if _trained_part(loaded.config) != _trained_part(net.config):
+    if trained_part(loaded.config) != trained_part(net.config):
         raise TrainError(f"{path}: its model config differs from this run's; cannot start from it")
     net.load_state_dict(loaded.model.state_dict())
 
@@ -242,7 +242,8 @@ def _load_init_weights(net: CVMNet, path: str) -> None:
 INFERENCE_ONLY = ("views", "photo_headings")
 
 
-def _trained_part(cfg: ModelConfig) -> dict[str, Any]:
+def trained_part(cfg: ModelConfig) -> dict[str, Any]:
+    """The config without `INFERENCE_ONLY` fields: equal for weights that can stand in for each other."""
     d = cfg.to_dict()
     d["preprocessing"] = {k: v for k, v in d["preprocessing"].items() if k not in INFERENCE_ONLY}
     return d

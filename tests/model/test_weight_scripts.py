@@ -1,0 +1,70 @@
+"""scripts/average_weights.py and scripts/export_weights.py, run as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.cvm_net import build_model
+from tests.model.test_evaluate import TINY
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _script(name: str, *args: object) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(REPO / "scripts" / name), *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_average_of_checkpoints_is_the_mean_of_every_tensor(tmp_path: Path) -> None:
+    paths, states = [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = build_model(TINY)
+        for m in net.modules():  # non-trivial BatchNorm statistics
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+        paths.append(tmp_path / f"{seed}.pt")
+        save_checkpoint(paths[-1], net)
+        states.append(net.state_dict())
+    done = _script("average_weights.py", *paths, "--out", tmp_path / "soup.pt")
+    assert done.returncode == 0, done.stderr
+    soup = load_checkpoint(tmp_path / "soup.pt").model.state_dict()
+    for key, value in soup.items():
+        if value.is_floating_point():
+            want = (states[0][key] + states[1][key] + states[2][key]) / 3
+            torch.testing.assert_close(value, want, rtol=1e-6, atol=1e-6)
+
+
+def test_average_refuses_other_architectures(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "a.pt", build_model(TINY))
+    save_checkpoint(tmp_path / "b.pt", build_model(replace(TINY, out_dim=8)))
+    done = _script("average_weights.py", tmp_path / "a.pt", tmp_path / "b.pt", "--out", tmp_path / "s.pt")
+    assert done.returncode != 0 and "b.pt" in done.stderr
+    assert not (tmp_path / "s.pt").exists()
+
+
+@pytest.mark.parametrize("views,headings", [(4, 1), (8, 6)])
+def test_export_records_inference_options_and_keeps_weights(
+    tmp_path: Path, views: int, headings: int
+) -> None:
+    torch.manual_seed(0)
+    net = build_model(TINY)
+    save_checkpoint(tmp_path / "run.pt", net)
+    out = tmp_path / "shipped.pt"
+    args = ["--views", views, "--photo-headings", headings, "--lineage", "test"]
+    done = _script("export_weights.py", tmp_path / "run.pt", out, *args)
+    assert done.returncode == 0, done.stderr
+    shipped = load_checkpoint(out)
+    prep = shipped.config.preprocessing
+    assert (prep.views, prep.photo_headings) == (views, headings)
+    assert shipped.meta["train_config"]["lineage"] == "test"
+    for key, value in net.state_dict().items():
+        assert torch.equal(shipped.model.state_dict()[key], value)

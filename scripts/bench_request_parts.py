@@ -3,7 +3,8 @@
 * decoding the benchmark's 616x112 noise JPEG (scripts/bench_service.py's query): the service's
   `decode_upload`, the training decoder `load_image_rgb`, and `cv2.imdecode` for reference;
 * one exact search over 10,000 random unit vectors of 256 dims (`IDMap2,Flat`, inner product):
-  FAISS with 1 and 2 OpenMP threads, and a numpy matrix-vector product.
+  FAISS with 1 and 2 OpenMP threads, a numpy matrix-vector product, and the service's torch
+  search over the index's own vectors (`service.snapshot.FlatView`, torch's default threads).
 
     .venv/bin/python scripts/bench_request_parts.py [--runs 2000]
 
@@ -23,12 +24,14 @@ from pathlib import Path
 import cv2
 import faiss
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import query_image  # noqa: E402
 
 from model.transforms import MAX_PIXELS, load_image_rgb  # noqa: E402
 from service.imaging import decode_upload  # noqa: E402
+from service.snapshot import FlatView  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], runs: int) -> float:
@@ -55,6 +58,7 @@ def decode_parts(runs: int) -> None:
 
 
 def search_parts(runs: int, n: int = 10_000, d: int = 256) -> None:
+    torch_threads = torch.get_num_threads()  # FAISS's settings below share its OpenMP runtime
     rng = np.random.default_rng(0)
     xb = rng.standard_normal((n, d)).astype(np.float32)
     xb /= np.linalg.norm(xb, axis=1, keepdims=True)
@@ -74,6 +78,11 @@ def search_parts(runs: int, n: int = 10_000, d: int = 256) -> None:
         return top[np.argsort(-scores[top])]
 
     print(f"  numpy xb @ q + top-5            {median_ms(matvec, runs):7.3f} ms")
+    view = FlatView.of(index)
+    assert view is not None
+    torch.set_num_threads(torch_threads)
+    ms = median_ms(lambda: view.search(q, 5), runs)
+    print(f"  torch FlatView, {torch.get_num_threads()} threads (served) {ms:7.3f} ms")
 
 
 def main() -> None:

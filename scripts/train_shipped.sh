@@ -34,8 +34,26 @@ $CVM train "${common[@]}" --threads 2 --data $W/train-10{1,2,3,4,5,6,7} --out ru
 #   cvm train --arch cvm-net-i --preset cpu --device cuda --workers 13 --threads 1 --epochs 1000 \
 #       --init-weights F-aligned-b24/last.pt --val-data val-201 --max-minutes 3.6 --augment aligned \
 #       --batch-size 24 --seed 10 --data <the 30 complete worlds> --out runs/G
-# Then, here:
-$CVM eval --weights runs/G/best.pt --data $W/test-7777 --json > runs/G-test-7777.json
-.venv/bin/python scripts/export_weights.py runs/G/best.pt model/weights/cvm-net-i-cpu.pt \
-    --metrics runs/G-test-7777.json \
-    --lineage "scripts/train_shipped.sh: A -> B -> C -> D -> E (2 CPU cores); scripts/train_gpu.sh: F-aligned-b24 -> G (one GPU)"
+# Then, back here on the 2 CPU cores, I and P from G side by side, one thread each (both were
+# stopped by hand before their time limits: I after 52 minutes, P after 80). I's worlds were
+# rendered first, on one core, for 45 minutes (seeds 3000-3028); P started after 14 of them.
+for s in $(seq 3000 3028); do
+    [ -d $W/i-$s ] || $CVM synth --seed $s --out $W/i-$s --extent-m 1400 --pairs 500 --val-fraction 0 --workers 1
+done
+aligned=(--arch cvm-net-i --preset cpu --val-data $W/val-201 --init-weights runs/G/best.pt
+         --augment aligned --lr 5e-5 --threads 1 --workers 1 --epochs 100)
+$CVM train "${aligned[@]}" --data $W/i-30{00..28} --max-minutes 70 --seed 12 --out runs/I &
+$CVM train "${aligned[@]}" --data $W/train-10{1..7} $W/i-30{00..13} --photo-fraction 0.4 \
+    --photo-placement heading --max-minutes 95 --seed 13 --out runs/P &
+wait
+# Selection on a second validation world (docs/model-card.md), the mean of G, I and P, exported
+# with 4 test-time views and its held-out metrics.
+[ -d $W/val-202 ] || $CVM synth --seed 202 --out $W/val-202 --extent-m 2000 --pairs 1000 --val-fraction 1
+for w in runs/G/best.pt runs/I/best.pt runs/P/best.pt; do $CVM eval --weights $w --data $W/val-202 --views 4; done
+.venv/bin/python scripts/average_weights.py runs/G/best.pt runs/I/best.pt runs/P/best.pt --out runs/soup-GIP.pt
+.venv/bin/python scripts/export_weights.py runs/soup-GIP.pt runs/ship-candidate.pt --views 4
+$CVM eval --weights runs/ship-candidate.pt --data $W/test-7777 --json --baseline random --baseline histogram \
+    > runs/soup-test-7777.json
+.venv/bin/python scripts/export_weights.py runs/soup-GIP.pt model/weights/cvm-net-i-cpu.pt --views 4 \
+    --metrics runs/soup-test-7777.json \
+    --lineage "scripts/train_shipped.sh: A -> B -> C -> D -> E (2 CPU cores); scripts/train_gpu.sh: F-aligned-b24 -> G (one GPU); I and P fine-tuned from G on 2 CPU cores; shipped = mean of G, I/best, P/best (scripts/average_weights.py), 4 test-time views"

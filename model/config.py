@@ -16,6 +16,8 @@ INITS = ("original", "kaiming")
 
 # Caffe VGG16 means in BGR order; note 123.6 (not 123.68), as in the original input_data.py.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.6)
+# Test-time views (`model.views`): the image alone; its quarter turns; those and their mirrors.
+VIEW_COUNTS = (1, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,8 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.photo_headings < 1:
             raise ValueError(f"photo_headings must be >= 1, got {self.photo_headings}")
-        if self.views not in (1, 4, 8):
-            raise ValueError(f"views must be 1, 4 or 8, got {self.views}")
+        if self.views not in VIEW_COUNTS:
+            raise ValueError(f"views must be one of {VIEW_COUNTS}, got {self.views}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

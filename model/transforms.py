@@ -219,6 +219,8 @@ def heading_inputs(grd: torch.Tensor, headings: int) -> torch.Tensor:
     360 * k / headings degrees further clockwise."""
     if headings < 1:
         raise ValueError(f"headings must be >= 1, got {headings}")
+    if headings == 1:
+        return grd
     width = grd.shape[-1]
     return torch.cat([torch.roll(grd, round(k * width / headings), dims=-1) for k in range(headings)])
 

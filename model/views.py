@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from model.config import VIEW_COUNTS
+
 if TYPE_CHECKING:
     from model.cvm_net import CVMNet
-
-# 1: the image as it is; 4: the quarter turns; 8: the quarter turns, and each mirrored.
-VIEW_COUNTS = (1, 4, 8)
 
 
 def view_transforms(views: int) -> list[tuple[int, bool]]:

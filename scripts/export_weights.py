@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from model.config import VIEW_COUNTS
 from model.views import set_inference_options
 
 
@@ -26,7 +27,7 @@ def main() -> None:
     p.add_argument("--metrics", type=Path, help="JSON file of evaluation metrics to store with them")
     p.add_argument("--lineage", default="", help="how the weights were trained (free text)")
     p.add_argument("--photo-headings", type=int, help="headings to try a photo query at (default: keep)")
-    p.add_argument("--views", type=int, choices=(1, 4, 8), help="test-time views (default: keep)")
+    p.add_argument("--views", type=int, choices=VIEW_COUNTS, help="test-time views (default: keep)")
     args = p.parse_args()
     loaded = load_checkpoint(args.src)
     set_inference_options(loaded.model, views=args.views, photo_headings=args.photo_headings)

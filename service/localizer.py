@@ -83,9 +83,9 @@ class Localizer:
         if used == "panorama":
             x = prepare_ground(rgb, self.preprocessing)[None]
         else:
-            x = prepare_photo(rgb, self.preprocessing)[None]
-            if self.preprocessing.photo_headings > 1:
-                x = heading_inputs(x, self.preprocessing.photo_headings)
+            x = heading_inputs(
+                prepare_photo(rgb, self.preprocessing)[None], self.preprocessing.photo_headings
+            )
         return x, used, t1 - t0, time.perf_counter() - t1
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:

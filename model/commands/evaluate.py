@@ -11,6 +11,7 @@ from typing import Any
 
 from model.baselines import BASELINES, baseline_metrics
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from model.config import VIEW_COUNTS
 from model.data import DatasetError
 from model.evaluate import evaluate_model, open_eval_dataset
 from model.metrics import RetrievalMetrics, format_table
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--views",
         type=int,
-        choices=(1, 4, 8),
+        choices=VIEW_COUNTS,
         help="test-time views of every descriptor (default: the checkpoint's; docs/model.md)",
     )
     parser.add_argument(
@@ -60,12 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    if args.headings != 1 and args.queries != "photo":
+        raise ValueError("--headings applies to photo queries (--queries photo); panoramas face north")
     weights = Path(args.weights) if args.weights else default_weights_path()
     loaded = load_checkpoint(weights, device=args.device)
     if args.views is not None:
         set_inference_options(loaded.model, views=args.views)
-    if args.headings != 1 and args.queries != "photo":
-        raise ValueError("--headings applies to photo queries (--queries photo); panoramas face north")
     dataset = open_eval_dataset(args.data, loaded.config.preprocessing, args.split, args.queries)
     metrics, skipped = evaluate_model(
         loaded.model, dataset, args.batch_size, args.workers, args.device, headings=args.headings

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from model.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from model.train import trained_part
 
 
@@ -26,7 +26,10 @@ def main() -> None:
     args = p.parse_args()
     if len(args.inputs) < 2:
         p.error("give at least two checkpoints")
-    loaded = [load_checkpoint(path) for path in args.inputs]
+    try:
+        loaded = [load_checkpoint(path) for path in args.inputs]
+    except CheckpointError as exc:
+        raise SystemExit(f"average_weights: {exc}") from exc
     first = loaded[0]
     for other in loaded[1:]:
         if trained_part(other.config) != trained_part(first.config):

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from model.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from model.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from model.config import VIEW_COUNTS
 from model.views import set_inference_options
 
@@ -29,7 +29,10 @@ def main() -> None:
     p.add_argument("--photo-headings", type=int, help="headings to try a photo query at (default: keep)")
     p.add_argument("--views", type=int, choices=VIEW_COUNTS, help="test-time views (default: keep)")
     args = p.parse_args()
-    loaded = load_checkpoint(args.src)
+    try:
+        loaded = load_checkpoint(args.src)
+    except CheckpointError as exc:
+        raise SystemExit(f"export_weights: {exc}") from exc
     set_inference_options(loaded.model, views=args.views, photo_headings=args.photo_headings)
     train_config = dict(loaded.meta.get("train_config") or {})
     if args.lineage:

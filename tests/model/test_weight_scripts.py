@@ -68,3 +68,19 @@ def test_export_records_inference_options_and_keeps_weights(
     assert shipped.meta["train_config"]["lineage"] == "test"
     for key, value in net.state_dict().items():
         assert torch.equal(shipped.model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("name", ["average_weights.py", "export_weights.py"])
+def test_unreadable_checkpoint_is_named_without_a_traceback(tmp_path: Path, name: str) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "good.pt", build_model(TINY))
+    args = (
+        [tmp_path / "good.pt", junk, "--out", tmp_path / "o.pt"]
+        if name.startswith("average")
+        else [junk, tmp_path / "o.pt"]
+    )
+    done = _script(name, *args)
+    assert done.returncode == 1 and str(junk) in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o.pt").exists()

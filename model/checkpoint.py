@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from model import __version__
+from model.centering import with_default_centers
 from model.config import ModelConfig
 from model.cvm_net import CVMNet, build_model
 
@@ -110,7 +111,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     try:
         cfg = ModelConfig.from_dict(payload["config"])
         net = build_model(cfg)
-        net.load_state_dict(payload["state_dict"])
+        net.load_state_dict(with_default_centers(payload["state_dict"], cfg))
     except (TypeError, ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {path} does not describe a valid model: {exc}") from exc
     net.to(device).eval()

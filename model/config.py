@@ -41,6 +41,10 @@ class Preprocessing:
     views:        test-time views in every descriptor (1, 4 or 8; `model.views`): the mean
                   similarity over turned/mirrored copies of both images. Training uses one view;
                   the indexer, the service and evaluation use `views`.
+    centered:     each view descriptor has its domain's mean descriptor subtracted and is
+                  L2-normalised again before it is compared (`model.centering`; the means are the
+                  model's `ground_center` / `satellite_center` buffers, measured on training
+                  worlds by scripts/center_weights.py). Like `views`, only inference uses it.
     """
 
     sat_size: int
@@ -52,6 +56,7 @@ class Preprocessing:
     pano_north_col: float = 0.0
     photo_headings: int = 1
     views: int = 1
+    centered: bool = False
 
     def __post_init__(self) -> None:
         if self.photo_headings < 1:

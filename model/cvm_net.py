@@ -13,12 +13,14 @@ branch's descriptors.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.backbone import VGG16Conv5, conv_unit, init_convs
+from model.centering import center
 from model.config import ModelConfig
 from model.netvlad import L2_EPS, NetVLAD
 from model.views import describe, ground_view, satellite_view
@@ -29,6 +31,8 @@ class CVMNet(nn.Module):
 
     config: ModelConfig
     out_dim: int
+    ground_center: torch.Tensor
+    satellite_center: torch.Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -36,6 +40,9 @@ class CVMNet(nn.Module):
         self.out_dim = cfg.out_dim
         self.vgg_ground = VGG16Conv5(cfg)
         self.vgg_satellite = VGG16Conv5(cfg)
+        # Mean view descriptor of each domain (`model.centering`); used when preprocessing.centered.
+        self.register_buffer("ground_center", torch.zeros(cfg.out_dim))
+        self.register_buffer("satellite_center", torch.zeros(cfg.out_dim))
 
     def ground_features(self, x: torch.Tensor) -> torch.Tensor:
         """(b, 3, H, W) prepared panoramas -> (b, D*K) or (b, out_dim) pre-FC vector (subclass)."""
@@ -62,12 +69,27 @@ class CVMNet(nn.Module):
 
     def describe_ground(self, x: torch.Tensor) -> torch.Tensor:
         """(b, 3, H, W) -> (b, descriptor_dim): the descriptor the index and the service compare,
-        `embed_ground` of each test-time view of the preprocessing (`model.views`)."""
-        return describe(self.embed_ground, ground_view, x, self.config.preprocessing.views)
+        `embed_ground` of each test-time view of the preprocessing (`model.views`), centred when
+        it says so (`model.centering`)."""
+        return describe(
+            self._view_embedder(self.embed_ground, self.ground_center), ground_view, x, self._views
+        )
 
     def describe_satellite(self, x: torch.Tensor) -> torch.Tensor:
         """(b, 3, S, S) -> (b, descriptor_dim): `describe_ground`'s counterpart for tiles."""
-        return describe(self.embed_satellite, satellite_view, x, self.config.preprocessing.views)
+        embed = self._view_embedder(self.embed_satellite, self.satellite_center)
+        return describe(embed, satellite_view, x, self._views)
+
+    @property
+    def _views(self) -> int:
+        return self.config.preprocessing.views
+
+    def _view_embedder(
+        self, embed: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        if not self.config.preprocessing.centered:
+            return embed
+        return lambda x: center(embed(x), mean)
 
     def forward(self, grd: torch.Tensor, sat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(b, 3, H, W) ground, (b, 3, S, S) satellite -> (g (b, out_dim), s (b, out_dim))."""

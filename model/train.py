@@ -30,6 +30,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from model.backbone import config_for_torchvision_weights, load_vgg16_backbone_weights
+from model.centering import clear_centers
 from model.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from model.config import ModelConfig, Preprocessing, preset_config
 from model.cvm_net import CVMNet, build_model
@@ -231,15 +232,17 @@ def _new_run(cfg: TrainConfig) -> tuple[CVMNet, torch.optim.Optimizer, RunState]
 def _load_init_weights(net: CVMNet, path: str) -> None:
     """Start from the weights of an earlier run (e.g. continuing on more data); the
     architecture must be the same, the optimiser starts afresh. Inference-only settings of the
-    preprocessing (`INFERENCE_ONLY`, e.g. the shipped weights' test-time views) are this run's."""
+    preprocessing (`INFERENCE_ONLY`, e.g. the shipped weights' test-time views) are this run's;
+    descriptor means measured for those weights are dropped, as training changes them."""
     loaded = load_checkpoint(path)
     if trained_part(loaded.config) != trained_part(net.config):
         raise TrainError(f"{path}: its model config differs from this run's; cannot start from it")
     net.load_state_dict(loaded.model.state_dict())
+    clear_centers(net)
 
 
 # Preprocessing fields that only change how trained weights are used, not what they learn.
-INFERENCE_ONLY = ("views", "photo_headings")
+INFERENCE_ONLY = ("views", "photo_headings", "centered")
 
 
 def trained_part(cfg: ModelConfig) -> dict[str, Any]:

@@ -67,13 +67,17 @@ def describe(
     return out.reshape(views, b, -1).transpose(0, 1).reshape(b, -1) / math.sqrt(views)
 
 
-def set_inference_options(net: CVMNet, views: int | None = None, photo_headings: int | None = None) -> None:
-    """Change how `net` describes images (its preprocessing's `views` / `photo_headings`) without
-    touching its weights; the new values are saved with it by `save_checkpoint`."""
+def set_inference_options(
+    net: CVMNet, views: int | None = None, photo_headings: int | None = None, centered: bool | None = None
+) -> None:
+    """Change how `net` describes images (its preprocessing's `views` / `photo_headings` /
+    `centered`) without touching its weights; the new values are saved with it by
+    `save_checkpoint`. None keeps a value."""
     prep = net.config.preprocessing
     prep = dataclasses.replace(
         prep,
         views=prep.views if views is None else views,
         photo_headings=prep.photo_headings if photo_headings is None else photo_headings,
+        centered=prep.centered if centered is None else centered,
     )
     net.config = dataclasses.replace(net.config, preprocessing=prep)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from model.centering import clear_centers
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from model.train import trained_part
+from model.views import set_inference_options
 
 
 def main() -> None:
@@ -42,6 +44,9 @@ def main() -> None:
         else:  # e.g. BatchNorm's num_batches_tracked: not averaged, kept from the first
             averaged[key] = value
     first.model.load_state_dict(averaged)
+    # Means measured for each input do not describe their average: measure them again.
+    clear_centers(first.model)
+    set_inference_options(first.model, centered=False)
     sources = [f"{path} (sha256 {file_sha256(path)[:12]})" for path in args.inputs]
     save_checkpoint(args.out, first.model, train_config={"averaged_from": sources})
     print(f"wrote {args.out}: mean of {len(sources)} checkpoints, sha256 {file_sha256(args.out)}")

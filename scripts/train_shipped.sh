@@ -47,13 +47,19 @@ $CVM train "${aligned[@]}" --data $W/train-10{1..7} $W/i-30{00..13} --photo-frac
     --photo-placement heading --max-minutes 95 --seed 13 --out runs/P &
 wait
 # Selection on a second validation world (docs/model-card.md), the mean of G, I and P, exported
-# with 4 test-time views and its held-out metrics.
+# with 4 test-time views.
 [ -d $W/val-202 ] || $CVM synth --seed 202 --out $W/val-202 --extent-m 2000 --pairs 1000 --val-fraction 1
 for w in runs/G/best.pt runs/I/best.pt runs/P/best.pt; do $CVM eval --weights $w --data $W/val-202 --views 4; done
 .venv/bin/python scripts/average_weights.py runs/G/best.pt runs/I/best.pt runs/P/best.pt --out runs/soup-GIP.pt
 .venv/bin/python scripts/export_weights.py runs/soup-GIP.pt runs/ship-candidate.pt --views 4
 $CVM eval --weights runs/ship-candidate.pt --data $W/test-7777 --json --baseline random --baseline histogram \
     > runs/soup-test-7777.json
-.venv/bin/python scripts/export_weights.py runs/soup-GIP.pt model/weights/cvm-net-i-cpu.pt --views 4 \
-    --metrics runs/soup-test-7777.json \
-    --lineage "scripts/train_shipped.sh: A -> B -> C -> D -> E (2 CPU cores); scripts/train_gpu.sh: F-aligned-b24 -> G (one GPU); I and P fine-tuned from G on 2 CPU cores; shipped = mean of G, I/best, P/best (scripts/average_weights.py), 4 test-time views"
+# Descriptor centring (docs/model.md): the mean ground and satellite view descriptors of the
+# averaged weights, measured on the training split of four of I's training worlds.
+.venv/bin/python scripts/center_weights.py runs/ship-candidate.pt runs/centred-a.pt \
+    --data $W/i-3000 --data $W/i-3001 --data $W/i-3002 --data $W/i-3003
+$CVM eval --weights runs/centred-a.pt --data $W/test-7777 --json --baseline random --baseline histogram \
+    > runs/centred-test-7777.json
+.venv/bin/python scripts/export_weights.py runs/centred-a.pt model/weights/cvm-net-i-cpu.pt \
+    --metrics runs/centred-test-7777.json \
+    --lineage "scripts/train_shipped.sh: A -> B -> C -> D -> E (2 CPU cores); scripts/train_gpu.sh: F-aligned-b24 -> G (one GPU); I and P fine-tuned from G on 2 CPU cores; shipped = mean of G, I/best, P/best (scripts/average_weights.py), 4 test-time views, descriptors centred with means measured on worlds 3000-3003 (scripts/center_weights.py)"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from model.baselines import BASELINES, baseline_metrics
+from model.centering import has_centers
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
 from model.config import VIEW_COUNTS
 from model.data import DatasetError
@@ -50,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="test-time views of every descriptor (default: the checkpoint's; docs/model.md)",
     )
     parser.add_argument(
+        "--centered",
+        action=argparse.BooleanOptionalAction,
+        help="centre the descriptors with the means stored in the weights, or not (default: as the "
+        "checkpoint says; docs/model.md)",
+    )
+    parser.add_argument(
         "--baseline",
         choices=BASELINES,
         action="append",
@@ -65,8 +72,9 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--headings applies to photo queries (--queries photo); panoramas face north")
     weights = Path(args.weights) if args.weights else default_weights_path()
     loaded = load_checkpoint(weights, device=args.device)
-    if args.views is not None:
-        set_inference_options(loaded.model, views=args.views)
+    if args.centered and not has_centers(loaded.model):
+        raise ValueError(f"{weights} holds no descriptor means to centre with (scripts/center_weights.py)")
+    set_inference_options(loaded.model, views=args.views, centered=args.centered)
     dataset = open_eval_dataset(args.data, loaded.config.preprocessing, args.split, args.queries)
     metrics, skipped = evaluate_model(
         loaded.model, dataset, args.batch_size, args.workers, args.device, headings=args.headings
@@ -84,6 +92,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "queries": args.queries,
         "headings": args.headings,
         "views": loaded.model.config.preprocessing.views,
+        "centered": loaded.model.config.preprocessing.centered,
         "pairs": len(dataset),
         "missing": len(dataset.missing),
         "skipped": skipped,
@@ -107,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report['arch']} ({report['preset']}) {report['weights']}")
     print(
         f"{report['data']} split={report['split']} queries={report['queries']} pairs={report['pairs']}"
+        f" views={report['views']} centred={'yes' if report['centered'] else 'no'}"
         f" (missing {report['missing']}, unreadable {report['skipped']})"
     )
     print(format_table(results))

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset
 
+from model.centering import has_centers, set_centers
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.cli import main as cvm_main
 from model.config import ModelConfig, Preprocessing
@@ -272,7 +273,8 @@ def test_photo_placement_reaches_every_training_dataset(world: Path, tmp_path: P
 def test_init_weights_ignore_inference_options_but_not_architecture(world: Path, tmp_path: Path) -> None:
     torch.manual_seed(5)
     source = build_model(TINY_MODEL)
-    set_inference_options(source, views=8, photo_headings=4)
+    set_inference_options(source, views=8, photo_headings=4, centered=True)
+    set_centers(source, torch.full((TINY_MODEL.out_dim,), 0.1), torch.full((TINY_MODEL.out_dim,), -0.1))
     init = tmp_path / "init.pt"
     save_checkpoint(init, source)
     out = tmp_path / "run"
@@ -286,6 +288,8 @@ def test_init_weights_ignore_inference_options_but_not_architecture(world: Path,
         {k: v for k, v in source.state_dict().items() if k in params},
     )
     assert trained.config.preprocessing.views == 1 and trained.config.preprocessing.photo_headings == 1
+    # Means measured for the init's weights do not describe the run's: dropped.
+    assert not trained.config.preprocessing.centered and not has_centers(trained.model)
     other = replace(TINY_MODEL, out_dim=8)
     save_checkpoint(init, build_model(other))
     with pytest.raises(TrainError, match="model config differs"):

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.centering import has_centers, set_centers
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.cvm_net import build_model
+from model.views import set_inference_options
 from tests.model.test_evaluate import TINY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,3 +86,19 @@ def test_unreadable_checkpoint_is_named_without_a_traceback(tmp_path: Path, name
     done = _script(name, *args)
     assert done.returncode == 1 and str(junk) in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_average_drops_descriptor_means(tmp_path: Path) -> None:
+    paths = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        net = build_model(TINY)
+        set_centers(net, torch.randn(TINY.out_dim), torch.randn(TINY.out_dim))
+        set_inference_options(net, centered=True)
+        paths.append(tmp_path / f"{seed}.pt")
+        save_checkpoint(paths[-1], net)
+    done = _script("average_weights.py", *paths, "--out", tmp_path / "soup.pt")
+    assert done.returncode == 0, done.stderr
+    soup = load_checkpoint(tmp_path / "soup.pt")
+    # Means measured for each input do not describe the average: none, and not centred.
+    assert not soup.config.preprocessing.centered and not has_centers(soup.model)

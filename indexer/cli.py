@@ -18,6 +18,7 @@ from pathlib import Path
 
 from indexer.errors import IndexerError, UsageError
 from indexer.settings import Settings
+from model.allocator import reuse_freed_memory
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -95,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from indexer import commands
 
+    reuse_freed_memory()  # a build repeats forward passes
     try:
         settings = settings_from(args)
         return int(getattr(commands, f"cmd_{args.command}")(args, settings))

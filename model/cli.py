@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from model.allocator import reuse_freed_memory
+
 COMMANDS: dict[str, str] = {
     "summary": "model.commands.summary",
     "train": "model.commands.train",
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()  # training and evaluation repeat forward passes
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ from indexer.catalog import get_build
 from indexer.db import make_engine, session_scope
 from indexer.runner import run_build
 from indexer.settings import Settings
+from model.allocator import reuse_freed_memory
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import preset_config
 from model.cvm_net import build_model
@@ -99,6 +100,7 @@ def main() -> None:
     p.add_argument("--vectors", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=3, help="alternating runs; the best of each is kept")
     args = p.parse_args()
+    reuse_freed_memory()  # as the service, `cvm` and `cvm-index` do at start
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from model.allocator import reuse_freed_memory
 from model.config import ARCHS, PRESETS, preset_config
 from model.cvm_net import build_model
 from model.losses import weighted_soft_margin_loss
@@ -61,6 +62,7 @@ def main() -> None:
         "--train-batch", type=int, default=24, help="also time a training step at this batch (0: skip)"
     )
     args = parser.parse_args()
+    reuse_freed_memory()  # as the service, `cvm` and `cvm-index` do at start
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = preset_config(args.arch, args.preset)

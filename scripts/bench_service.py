@@ -184,19 +184,26 @@ def make_catalogue(tmp: Path, weights: Path, n_tiles: int, dim: int) -> str:
 class Forward:
     """The ground branch alone, in this process, on the prepared query image.
 
-    It runs in a dedicated thread, as the server's forward passes do, with the server's torch
-    thread count (--torch-threads = CVM_TORCH_THREADS). FAISS's thread count is not set here:
-    OpenMP counts are per thread and, with one OpenMP runtime for both, it would set torch's too.
+    As in the server: the weights are loaded with one thread, and the forward passes run in a
+    dedicated thread that alone holds torch's thread pool, with the server's thread count
+    (--torch-threads = CVM_TORCH_THREADS; `service.torch_threads`). FAISS's thread count is not
+    set here: OpenMP counts are per thread and, with one OpenMP runtime for both, it would set
+    torch's too.
     """
 
     def __init__(self, weights: Path, image: bytes, torch_threads: int) -> None:
-        from service.localizer import Localizer, set_torch_threads
+        from model.allocator import reuse_freed_memory
+        from service.localizer import Localizer
+        from service.torch_threads import claim_pool, compute_single_threaded
 
-        set_torch_threads(torch_threads)
+        reuse_freed_memory()  # as the server does at start
+        compute_single_threaded()
         self.loc = Localizer.from_checkpoint(weights)
         self.x, _, _, _ = self.loc.prepare(image, None)
         self.dim = self.loc.out_dim
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward-alone")
+        self._thread.submit(claim_pool, torch_threads).result()
+        compute_single_threaded()  # this thread builds the index and runs the client
 
     def once_ms(self) -> float:
         """One batch-1 forward, ms."""
@@ -338,7 +345,7 @@ async def measure(args: argparse.Namespace, base: str, image: bytes, forward: Fo
 
 def main() -> int:
     args = parse_args()
-    threads = args.torch_threads or torch.get_num_threads()
+    threads = args.torch_threads or os.cpu_count() or 1
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load {os.getloadavg()}")
     if args.query_file is not None:
         image = args.query_file.read_bytes()

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from service.schemas import localize_out
     from service.snapshot import set_search_threads
     from service.store import SnapshotStore
+    from service.torch_threads import claim_pool
 
     try:
         data = args.photo.read_bytes()
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         catalog = Catalog(make_engine(settings.database_url))
         store = SnapshotStore(catalog, settings.index_root, localizer.weights_sha256, localizer.out_dim)
         store.refresh()
+        claim_pool(settings.torch_threads)  # one thread does it all here
         result = localize_once(localizer, store.require(), data, args.k, args.kind)
     except (ServiceError, CheckpointError, FileNotFoundError, IndexerError, ValidationError) as exc:
         print(f"cvm localize: {args.photo}: {exc}", file=sys.stderr)

@@ -20,15 +20,6 @@ from service.imaging import decode_upload, kind_of_size
 KINDS = ("panorama", "photo")
 
 
-def set_torch_threads(n: int) -> None:
-    """Intra-op threads of every forward pass from now on (0 keeps torch's default, one per core).
-
-    Process-wide: each thread that runs torch takes this count at its first parallel operation.
-    """
-    if n > 0:
-        torch.set_num_threads(n)
-
-
 class Localizer:
     """Decodes, preprocesses and embeds ground images with the served weights."""
 

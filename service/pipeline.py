@@ -21,6 +21,7 @@ from service.catalog import TilePlace
 from service.localizer import Localizer
 from service.snapshot import IndexSnapshot
 from service.store import SnapshotStore
+from service.torch_threads import claim_pool, compute_single_threaded
 
 # Decoding takes about a third of a forward pass's time per image, so a quarter of the cores keep
 # the forward fed; on 2 cores one thread served as many requests/s as two, with less preemption.
@@ -128,9 +129,17 @@ def rank(snapshot: IndexSnapshot, match: Match) -> list[Candidate]:
 class LocalizationService:
     """Localizer + current snapshot + micro-batcher. `start()` before `localize()`."""
 
-    def __init__(self, localizer: Localizer, store: SnapshotStore, window_s: float, max_batch: int) -> None:
+    def __init__(
+        self,
+        localizer: Localizer,
+        store: SnapshotStore,
+        window_s: float,
+        max_batch: int,
+        torch_threads: int = 0,
+    ) -> None:
         self.localizer = localizer
         self.store = store
+        self.torch_threads = torch_threads  # of the batch thread; 0: one per core
         self.batcher: MicroBatcher[Query, Match] = MicroBatcher(
             lambda qs: run_batch(localizer, qs), window_s=window_s, max_batch=max_batch
         )
@@ -140,6 +149,10 @@ class LocalizationService:
 
     async def start(self) -> None:
         await self.batcher.start()
+        # The batch thread runs every forward pass and search: it alone gets torch's thread pool
+        # (`service.torch_threads`); threads started later compute with one.
+        await self.batcher.solo(lambda: claim_pool(self.torch_threads))
+        compute_single_threaded()
 
     async def stop(self) -> None:
         await self.batcher.stop()

@@ -24,7 +24,9 @@ class ServiceSettings(Settings):
     max_upload_mb: float = Field(default=20.0, gt=0, description="largest accepted request body, MiB")
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="largest image decoded, w x h")
     batch_window_ms: float = Field(default=5.0, ge=0, description="batch collection window, ms")
-    max_batch: int = Field(default=16, ge=1, le=1024, description="most images in one forward pass")
+    # Requests, each `views` images (4 for the shipped weights). Larger batches ran slower per image
+    # on 2 cores: 16 clients got 59.6 req/s with at most 4, 47.8 with 16 (docs/benchmarks.md).
+    max_batch: int = Field(default=4, ge=1, le=1024, description="most requests in one forward pass")
     build_poll_s: float = Field(default=2.0, gt=0, description="how often the active build id is checked, s")
     # FAISS and torch each keep an OpenMP pool; on a few cores their spinning threads slow each
     # other down (a batch-1 forward + search took 2x the forward alone with 2 FAISS threads here).

@@ -15,14 +15,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from indexer.db import make_engine
+from model.allocator import reuse_freed_memory
 from model.weights import default_weights_path
 from service.catalog import Catalog
 from service.core.config import ServiceSettings
-from service.localizer import Localizer, set_torch_threads
+from service.localizer import Localizer
 from service.metrics import Metrics
 from service.pipeline import LocalizationService
 from service.snapshot import set_search_threads
 from service.store import SnapshotStore
+from service.torch_threads import compute_single_threaded
 
 log = logging.getLogger("service")
 
@@ -56,7 +58,8 @@ def weights_path(settings: ServiceSettings) -> Path:
 def load_localizer(settings: ServiceSettings) -> Localizer:
     """The served weights (CheckpointError / FileNotFoundError naming the file when unusable)."""
     path = weights_path(settings)
-    set_torch_threads(settings.torch_threads)
+    # Before torch runs anything in this process: only the batch thread gets a thread pool.
+    compute_single_threaded()
     localizer = Localizer.from_checkpoint(path, settings.device, settings.max_image_pixels)
     log.info("weights %s (sha256 %s...)", path, localizer.weights_sha256[:12])
     return localizer
@@ -70,6 +73,7 @@ async def startup(state: AppState) -> None:
     """
     settings = state.settings
     log.info("settings: %s", redacted(settings))
+    reuse_freed_memory()  # every request's forward pass would fault in fresh pages otherwise
     state.catalog = Catalog(make_engine(settings.database_url))
     set_search_threads(settings.search_threads)
     if state.localizer is None:  # `cvm serve` loads it before starting, to report a bad file plainly
@@ -87,7 +91,11 @@ async def startup(state: AppState) -> None:
         state.store.last_error = str(exc)
         log.warning("no index loaded at start: %s", exc)
     state.service = LocalizationService(
-        state.localizer, state.store, settings.batch_window_ms / 1000.0, settings.max_batch
+        state.localizer,
+        state.store,
+        settings.batch_window_ms / 1000.0,
+        settings.max_batch,
+        torch_threads=settings.torch_threads,
     )
     await state.service.start()
     state.watcher = asyncio.create_task(state.store.watch(settings.build_poll_s), name="cvm-build-watcher")

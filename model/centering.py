@@ -8,10 +8,12 @@ each domain's mean (as NetVLAD's authors whiten their descriptors with statistic
 images) takes that term out; docs/model-card.md gives the effect.
 
 The means are per view descriptor (out_dim values per domain, averaged over images and over all
-eight scene transforms of `model.views`), so one pair of means serves every view count. They live
-in the model as the buffers `ground_center` / `satellite_center` (saved with the weights) and are
-used when the preprocessing says `centered`; scripts/center_weights.py measures them on training
-worlds, never on the worlds an evaluation reports.
+eight scene transforms of `model.views`), so one set of means serves every view count. Ordinary
+photos, mostly empty canvases (`prepare_photo`), make a domain of their own with a mean of their
+own. They live in the model as the buffers `ground_center` / `satellite_center` / `photo_center`
+(saved with the weights) and are used when the preprocessing says `centered`;
+scripts/center_weights.py measures them on training worlds, never on the worlds an evaluation
+reports.
 """
 
 from __future__ import annotations
@@ -28,17 +30,24 @@ if TYPE_CHECKING:
     from model.config import ModelConfig
     from model.cvm_net import CVMNet
 
-CENTER_BUFFERS = ("ground_center", "satellite_center")
+CENTER_BUFFERS = ("ground_center", "satellite_center", "photo_center")
 
 
 def center(e: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """(b, d) view descriptors -> the same minus `mean` (d,), each row L2-normalised."""
+    """(b, d) view descriptors -> the same minus `mean` ((d,) or (b, d)), each row L2-normalised."""
     return F.normalize(e - mean, dim=1, eps=L2_EPS)
 
 
-def set_centers(net: CVMNet, ground: torch.Tensor | np.ndarray, satellite: torch.Tensor | np.ndarray) -> None:
-    """Store measured mean view descriptors in `net` (its preprocessing is not changed here)."""
-    for name, value in zip(CENTER_BUFFERS, (ground, satellite), strict=True):
+def set_centers(
+    net: CVMNet,
+    ground: torch.Tensor | np.ndarray,
+    satellite: torch.Tensor | np.ndarray,
+    photo: torch.Tensor | np.ndarray | None = None,
+) -> None:
+    """Store measured mean view descriptors in `net` (its preprocessing is not changed here);
+    photos without a mean of their own are centred with the panoramas' (`photo` None)."""
+    photo = ground if photo is None else photo
+    for name, value in zip(CENTER_BUFFERS, (ground, satellite, photo), strict=True):
         buf = getattr(net, name)
         t = torch.as_tensor(value, dtype=buf.dtype)
         if t.shape != buf.shape:
@@ -58,11 +67,16 @@ def clear_centers(net: CVMNet) -> None:
 
 
 def with_default_centers(state_dict: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """`state_dict` with zero means added where it has none (weights saved before centring
-    existed). ValueError when `cfg` says the descriptors are centred but the means are missing."""
+    """`state_dict` with the means it lacks added: zeros for weights saved before centring existed,
+    and for centred weights saved before photos had a mean of their own, the panoramas' mean as
+    the photos' (what they used). ValueError when `cfg` says the descriptors are centred but the
+    panorama or satellite mean is missing."""
     missing = [k for k in CENTER_BUFFERS if k not in state_dict]
     if not missing:
         return state_dict
-    if cfg.preprocessing.centered:
+    if cfg.preprocessing.centered and missing != ["photo_center"]:
         raise ValueError(f"its preprocessing is centred but it holds no {' / '.join(missing)}")
-    return {**state_dict, **{k: torch.zeros(cfg.out_dim) for k in missing}}
+    added = {k: torch.zeros(cfg.out_dim) for k in missing}
+    if "photo_center" in missing and "ground_center" in state_dict:
+        added["photo_center"] = state_dict["ground_center"].clone()
+    return {**state_dict, **added}

@@ -41,6 +41,10 @@ class Preprocessing:
     views:        test-time views in every descriptor (1, 4 or 8; `model.views`): the mean
                   similarity over turned/mirrored copies of both images. Training uses one view;
                   the indexer, the service and evaluation use `views`.
+    pano_elevation_deg: (top, bottom) elevation in degrees of the first and last rows of the
+                  panoramas the weights were trained on, when known ((35, -45) for the synthetic
+                  worlds); an ordinary photo is then reprojected into that geometry
+                  (`prepare_photo`). None: photos are scaled like panorama crops.
     centered:     each view descriptor has its domain's mean descriptor subtracted and is
                   L2-normalised again before it is compared (`model.centering`; the means are the
                   model's `ground_center` / `satellite_center` buffers, measured on training
@@ -56,6 +60,7 @@ class Preprocessing:
     pano_north_col: float = 0.0
     photo_headings: int = 1
     views: int = 1
+    pano_elevation_deg: tuple[float, float] | None = None
     centered: bool = False
 
     def __post_init__(self) -> None:
@@ -63,6 +68,13 @@ class Preprocessing:
             raise ValueError(f"photo_headings must be >= 1, got {self.photo_headings}")
         if self.views not in VIEW_COUNTS:
             raise ValueError(f"views must be one of {VIEW_COUNTS}, got {self.views}")
+        if self.pano_elevation_deg is not None:
+            top, bottom = self.pano_elevation_deg
+            if not 90.0 >= top > bottom >= -90.0:
+                raise ValueError(
+                    "pano_elevation_deg must be (top, bottom) with 90 >= top > bottom >= -90, "
+                    f"got {self.pano_elevation_deg}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +86,8 @@ class Preprocessing:
         d["mean"] = tuple(d["mean"])
         if "std" in d:
             d["std"] = tuple(d["std"])
+        if d.get("pano_elevation_deg") is not None:
+            d["pano_elevation_deg"] = tuple(d["pano_elevation_deg"])
         return cls(**d)
 
 

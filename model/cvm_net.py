@@ -33,6 +33,7 @@ class CVMNet(nn.Module):
     out_dim: int
     ground_center: torch.Tensor
     satellite_center: torch.Tensor
+    photo_center: torch.Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -43,6 +44,7 @@ class CVMNet(nn.Module):
         # Mean view descriptor of each domain (`model.centering`); used when preprocessing.centered.
         self.register_buffer("ground_center", torch.zeros(cfg.out_dim))
         self.register_buffer("satellite_center", torch.zeros(cfg.out_dim))
+        self.register_buffer("photo_center", torch.zeros(cfg.out_dim))
 
     def ground_features(self, x: torch.Tensor) -> torch.Tensor:
         """(b, 3, H, W) prepared panoramas -> (b, D*K) or (b, out_dim) pre-FC vector (subclass)."""
@@ -67,13 +69,18 @@ class CVMNet(nn.Module):
         _check_input(x, (size, size), "satellite")
         return self.head(self.satellite_features(x))
 
-    def describe_ground(self, x: torch.Tensor) -> torch.Tensor:
+    def describe_ground(self, x: torch.Tensor, photo: bool | torch.Tensor = False) -> torch.Tensor:
         """(b, 3, H, W) -> (b, descriptor_dim): the descriptor the index and the service compare,
         `embed_ground` of each test-time view of the preprocessing (`model.views`), centred when
-        it says so (`model.centering`)."""
-        return describe(
-            self._view_embedder(self.embed_ground, self.ground_center), ground_view, x, self._views
-        )
+        it says so (`model.centering`). `photo` (all inputs, or a (b,) bool mask) marks ordinary
+        photos' canvases, centred with the photos' mean instead of the panoramas'."""
+        mean = self.ground_center
+        if isinstance(photo, torch.Tensor):
+            mask = photo.to(device=x.device, dtype=torch.bool)[:, None]
+            mean = torch.where(mask, self.photo_center, self.ground_center).repeat(self._views, 1)
+        elif photo:
+            mean = self.photo_center
+        return describe(self._view_embedder(self.embed_ground, mean), ground_view, x, self._views)
 
     def describe_satellite(self, x: torch.Tensor) -> torch.Tensor:
         """(b, 3, S, S) -> (b, descriptor_dim): `describe_ground`'s counterpart for tiles."""
@@ -87,6 +94,7 @@ class CVMNet(nn.Module):
     def _view_embedder(
         self, embed: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor
     ) -> Callable[[torch.Tensor], torch.Tensor]:
+        # mean: (d,), or one row per input of the views' concatenation (views * b, d)
         if not self.config.preprocessing.centered:
             return embed
         return lambda x: center(embed(x), mean)

@@ -31,6 +31,7 @@ from model.transforms import (
     input_size,
     load_image_rgb,
     prepare_ground,
+    prepare_pano_crop,
     prepare_photo,
     prepare_satellite,
     rotate_flip_pair,
@@ -226,7 +227,7 @@ class PairDataset(Dataset):
             grd = prepare_photo(grd_rgb, self.prep, fov_deg=rec.grd_fov_deg)
         elif rng is not None and self.photo_fraction > 0 and rng.random() < self.photo_fraction:
             crop, fov, start = random_photo_crop(grd_rgb, rng)
-            grd = prepare_photo(crop, self.prep, fov_deg=fov)
+            grd = prepare_pano_crop(crop, self.prep, fov_deg=fov)
             if self.photo_placement == "heading":
                 grd = place_photo_crop(grd, start, grd_rgb.shape[1])
         else:

@@ -112,7 +112,8 @@ def embed_pairs(
             if len(batch) == 0:
                 continue
             turned = heading_inputs(batch.grd.to(device), headings)  # (headings * b, 3, H, W)
-            g = net.describe_ground(turned).float().cpu().numpy()
+            photo = torch.tensor([dataset.records[int(i)].grd_fov_deg is not None for i in batch.index])
+            g = net.describe_ground(turned, photo=photo.repeat(headings)).float().cpu().numpy()
             grd.append(g.reshape(headings, len(batch), -1))
             sat.append(net.describe_satellite(batch.sat.to(device)).float().cpu().numpy())
             index.append(batch.index.numpy())

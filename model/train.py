@@ -242,7 +242,7 @@ def _load_init_weights(net: CVMNet, path: str) -> None:
 
 
 # Preprocessing fields that only change how trained weights are used, not what they learn.
-INFERENCE_ONLY = ("views", "photo_headings", "centered")
+INFERENCE_ONLY = ("views", "photo_headings", "pano_elevation_deg", "centered")
 
 
 def trained_part(cfg: ModelConfig) -> dict[str, Any]:

@@ -9,6 +9,7 @@ and division by `std` on the 0-255 scale, HWC -> CHW float32.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,6 +169,8 @@ def input_size(
     if kind == "panorama":
         return prep.grd_size[1], prep.grd_size[0]
     if kind == "photo":
+        if prep.pano_elevation_deg is not None:
+            return _pinhole_scaled_size(width, height, prep, fov_deg)
         return _photo_size(width, height, prep.grd_size[1], fov_deg)
     raise ValueError(f"kind must be 'panorama' or 'photo', got {kind!r}")
 
@@ -190,16 +193,30 @@ def prepare_ground(rgb: np.ndarray, prep: Preprocessing) -> torch.Tensor:
 
 
 def prepare_photo(rgb: np.ndarray, prep: Preprocessing, fov_deg: float = 90.0) -> torch.Tensor:
-    """(h, w, 3) uint8 RGB perspective photo -> (3, H, W) float32 panorama-shaped input.
+    """(h, w, 3) uint8 RGB perspective photo (level, horizontal field of view fov_deg) -> (3, H, W)
+    float32 panorama-shaped input, the photo's left edge at column 0 (its heading is unknown, so
+    no position is better than another). Every other pixel is 0, i.e. the mean colour after
+    normalisation.
 
-    The photo is scaled so that its width spans fov_deg/360 of the panorama width W (height keeps
-    the aspect ratio), centred vertically on the horizon (the middle row H/2, rows beyond the
-    canvas clipped) and placed from column 0: the heading is unknown, so no position is better
-    than another. Every other pixel is 0, i.e. the mean colour after normalisation.
+    When the preprocessing knows the panoramas' elevation span (`pano_elevation_deg`), the photo
+    is reprojected as the pinhole image it is into that equirectangular geometry: each canvas
+    pixel looks up the photo pixel its direction falls on. Otherwise it is scaled as a crop of a
+    panorama would be (`prepare_pano_crop`).
     """
     _check_rgb(rgb, "photo")
-    if not 0.0 < fov_deg <= 360.0:
-        raise ValueError(f"fov_deg must be in (0, 360], got {fov_deg}")
+    _check_fov(fov_deg)
+    if prep.pano_elevation_deg is None:
+        return prepare_pano_crop(rgb, prep, fov_deg)
+    return _reproject_pinhole(rgb, prep, fov_deg)
+
+
+def prepare_pano_crop(rgb: np.ndarray, prep: Preprocessing, fov_deg: float) -> torch.Tensor:
+    """(h, w, 3) uint8 RGB crop of an equirectangular panorama, fov_deg wide and as tall as the
+    panorama -> (3, H, W) float32 canvas: scaled so that its width spans fov_deg/360 of W (height
+    keeping the aspect ratio), centred vertically (rows beyond the canvas clipped), placed from
+    column 0; every other pixel 0."""
+    _check_rgb(rgb, "photo")
+    _check_fov(fov_deg)
     height, width = prep.grd_size
     w, h = _photo_size(rgb.shape[1], rgb.shape[0], width, fov_deg)
     photo = _normalise(_resize_area(rgb, h, w), prep)  # (3, h, w)
@@ -209,6 +226,49 @@ def prepare_photo(rgb: np.ndarray, prep: Preprocessing, fov_deg: float = 90.0) -
     rows = min(h - src0, height - dst0)
     canvas[:, dst0 : dst0 + rows, :w] = photo[:, src0 : src0 + rows, :]
     return canvas
+
+
+def _check_fov(fov_deg: float) -> None:
+    if not 0.0 < fov_deg <= 360.0:
+        raise ValueError(f"fov_deg must be in (0, 360], got {fov_deg}")
+
+
+def _pinhole_scaled_size(width: int, height: int, prep: Preprocessing, fov_deg: float) -> tuple[int, int]:
+    """The photo resized so that, at its centre, a pixel covers the canvas's angle per pixel in
+    each direction (the step before the reprojection samples it)."""
+    rows, cols = prep.grd_size
+    top, bottom = prep.pano_elevation_deg or (0.0, 0.0)
+    focal = (width / 2) / math.tan(math.radians(min(fov_deg, 179.0)) / 2)
+    sx = cols / (2 * math.pi) / focal
+    sy = rows / math.radians(top - bottom) / focal
+    return max(1, round(width * sx)), max(1, round(height * sy))
+
+
+def _reproject_pinhole(rgb: np.ndarray, prep: Preprocessing, fov_deg: float) -> torch.Tensor:
+    """See `prepare_photo`. Canvas column c looks (c + 0.5) * 360 / W - fov_deg / 2 degrees right of
+    the photo's axis, row r at top - (r + 0.5) * (top - bottom) / H degrees of elevation; a level
+    pinhole photo of focal length f (pixels) shows direction (az, el) at x = f tan(az),
+    y = -tan(el) sqrt(f^2 + x^2) from its centre. Sampled bilinearly from the photo resized to
+    about the canvas's resolution (`_pinhole_scaled_size`), so that the lookup does not alias."""
+    rows, cols = prep.grd_size
+    top, bottom = prep.pano_elevation_deg or (0.0, 0.0)
+    fov = min(fov_deg, 179.0)  # a pinhole image cannot cover 180 degrees
+    small = _resize_area(rgb, *_pinhole_scaled_size(rgb.shape[1], rgb.shape[0], prep, fov)[::-1])
+    focal = (rgb.shape[1] / 2) / math.tan(math.radians(fov) / 2)
+    sx, sy = small.shape[1] / rgb.shape[1], small.shape[0] / rgb.shape[0]
+    ncol = min(cols, math.ceil(fov / 360.0 * cols))
+    az = np.radians((np.arange(ncol) + 0.5) * 360.0 / cols - fov / 2)
+    el = np.radians(top - (np.arange(rows) + 0.5) * (top - bottom) / rows)
+    x = focal * np.tan(az)  # (ncol,) photo pixels right of its centre
+    y = -np.tan(el)[:, None] * np.sqrt(focal**2 + x[None, :] ** 2)  # (rows, ncol) below it
+    map_x = np.broadcast_to(x * sx + small.shape[1] / 2 - 0.5, y.shape).astype(np.float32)
+    map_y = (y * sy + small.shape[0] / 2 - 0.5).astype(np.float32)
+    inside = (map_x >= -0.5) & (map_x <= small.shape[1] - 0.5)
+    inside &= (map_y >= -0.5) & (map_y <= small.shape[0] - 0.5)
+    warped = cv2.remap(small, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    canvas = np.zeros((3, rows, cols), dtype=np.float32)
+    canvas[:, :, :ncol] = _normalise(warped, prep).numpy() * inside[None]
+    return torch.from_numpy(canvas)
 
 
 def heading_inputs(grd: torch.Tensor, headings: int) -> torch.Tensor:

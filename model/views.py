@@ -68,16 +68,21 @@ def describe(
 
 
 def set_inference_options(
-    net: CVMNet, views: int | None = None, photo_headings: int | None = None, centered: bool | None = None
+    net: CVMNet,
+    views: int | None = None,
+    photo_headings: int | None = None,
+    centered: bool | None = None,
+    pano_elevation_deg: tuple[float, float] | None = None,
 ) -> None:
     """Change how `net` describes images (its preprocessing's `views` / `photo_headings` /
-    `centered`) without touching its weights; the new values are saved with it by
-    `save_checkpoint`. None keeps a value."""
+    `centered` / `pano_elevation_deg`) without touching its weights; the new values are saved
+    with it by `save_checkpoint`. None keeps a value."""
     prep = net.config.preprocessing
     prep = dataclasses.replace(
         prep,
         views=prep.views if views is None else views,
         photo_headings=prep.photo_headings if photo_headings is None else photo_headings,
         centered=prep.centered if centered is None else centered,
+        pano_elevation_deg=prep.pano_elevation_deg if pano_elevation_deg is None else pano_elevation_deg,
     )
     net.config = dataclasses.replace(net.config, preprocessing=prep)

@@ -2,11 +2,13 @@
 without the optimiser/RNG state, with the training lineage and held-out metrics recorded.
 
     .venv/bin/python scripts/export_weights.py RUN/last.pt model/weights/cvm-net-i-cpu.pt \
-        [--metrics metrics.json] [--lineage "A: ...; B: ..."] [--photo-headings N]
+        [--metrics metrics.json] [--lineage "A: ...; B: ..."] [--photo-headings N] [--views V] \
+        [--pano-elevation TOP,BOTTOM]
 
---views and --photo-headings record in the weights' preprocessing how many test-time views every
-descriptor averages and how many headings an ordinary photo is tried at (docs/model.md); the
-weights themselves are unchanged.
+--views, --photo-headings and --pano-elevation record in the weights' preprocessing how many
+test-time views every descriptor averages, how many headings an ordinary photo is tried at and
+the panoramas' elevation span that photos are reprojected into (docs/model.md); the weights
+themselves are unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ from model.config import VIEW_COUNTS
 from model.views import set_inference_options
 
 
+def _elevation_span(text: str) -> tuple[float, float]:
+    try:
+        top, bottom = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected TOP,BOTTOM in degrees, e.g. 35,-45; got {text!r}"
+        ) from None
+    return top, bottom
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("src", type=Path, help="checkpoint written by `cvm train`")
@@ -28,12 +40,27 @@ def main() -> None:
     p.add_argument("--lineage", default="", help="how the weights were trained (free text)")
     p.add_argument("--photo-headings", type=int, help="headings to try a photo query at (default: keep)")
     p.add_argument("--views", type=int, choices=VIEW_COUNTS, help="test-time views (default: keep)")
+    p.add_argument(
+        "--pano-elevation",
+        type=_elevation_span,
+        metavar="TOP,BOTTOM",
+        help="elevation (degrees) of the training panoramas' first and last rows, for reprojecting "
+        "ordinary photos (default: keep)",
+    )
     args = p.parse_args()
     try:
         loaded = load_checkpoint(args.src)
     except CheckpointError as exc:
         raise SystemExit(f"export_weights: {exc}") from exc
-    set_inference_options(loaded.model, views=args.views, photo_headings=args.photo_headings)
+    try:
+        set_inference_options(
+            loaded.model,
+            views=args.views,
+            photo_headings=args.photo_headings,
+            pano_elevation_deg=args.pano_elevation,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"export_weights: {exc}") from exc
     train_config = dict(loaded.meta.get("train_config") or {})
     if args.lineage:
         train_config["lineage"] = args.lineage

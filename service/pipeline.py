@@ -32,11 +32,12 @@ STAGES = ("decode", "preprocess", "queue", "forward", "search", "database", "tot
 @dataclass(frozen=True)
 class Query:
     """One prepared image waiting for a forward pass: (m, 3, H, W) input (m > 1: a photo tried
-    at m headings), its build, its k."""
+    at m headings), its build, its k, and whether it is an ordinary photo (`kind`)."""
 
     x: torch.Tensor
     snapshot: IndexSnapshot
     k: int
+    photo: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ def run_batch(localizer: Localizer, queries: Sequence[Query]) -> list[Match]:
     t0 = time.perf_counter()
     # A lone query needs no concatenated copy of its input.
     x = queries[0].x if len(queries) == 1 else torch.cat([q.x for q in queries])
-    emb = localizer.embed(x)
+    photo = torch.tensor([q.photo for q in queries for _ in range(len(q.x))])
+    emb = localizer.embed(x, photo)
     forward_s = time.perf_counter() - t0
     ends = np.cumsum([len(q.x) for q in queries])  # query i owns rows ends[i] - m .. ends[i]
     by_snapshot: dict[int, list[int]] = {}
@@ -171,7 +173,7 @@ class LocalizationService:
             loop = asyncio.get_running_loop()
             prepared = await loop.run_in_executor(self._decoders, self.localizer.prepare, data, kind)
         x, used, decode_s, prep_s = prepared
-        match, stats = await self.batcher.submit(Query(x, snapshot, k))
+        match, stats = await self.batcher.submit(Query(x, snapshot, k, photo=used == "photo"))
         t1 = time.perf_counter()
         candidates = rank(snapshot, match)
         t2 = time.perf_counter()
@@ -188,7 +190,7 @@ def localize_once(
     """
     t0 = time.perf_counter()
     x, used, decode_s, prep_s = localizer.prepare(data, kind)
-    (match,) = run_batch(localizer, [Query(x, snapshot, k)])
+    (match,) = run_batch(localizer, [Query(x, snapshot, k, photo=used == "photo")])
     t1 = time.perf_counter()
     candidates = rank(snapshot, match)
     t2 = time.perf_counter()

@@ -32,8 +32,29 @@ def _center_weights(*args: object) -> subprocess.CompletedProcess[str]:
 def _net_with_centers(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     net = build_model(TINY).eval()
-    set_centers(net, torch.randn(D) * 0.3, torch.randn(D) * 0.3)
+    set_centers(net, torch.randn(D) * 0.3, torch.randn(D) * 0.3, torch.randn(D) * 0.3)
     return net
+
+
+@pytest.mark.parametrize("views", [1, 4])
+def test_photos_are_centred_with_their_own_mean(views: int) -> None:
+    net = _net_with_centers()
+    set_inference_options(net, views=views, centered=True)
+    x = torch.randn(3, 3, 16, 64) * 50
+    mask = torch.tensor([False, True, False])
+    with torch.no_grad():
+        mixed = net.describe_ground(x, photo=mask)
+        for i, is_photo in enumerate(mask.tolist()):
+            want = []
+            for k, m in view_transforms(views):
+                e = net.embed_ground(ground_view(x[i : i + 1], k, m))
+                mean = net.photo_center if is_photo else net.ground_center
+                want.append(F.normalize(e - mean, dim=1))
+            torch.testing.assert_close(
+                mixed[i : i + 1], torch.cat(want, 1) / math.sqrt(views), atol=1e-6, rtol=1e-5
+            )
+        torch.testing.assert_close(net.describe_ground(x, photo=True)[1], mixed[1])
+        torch.testing.assert_close(net.describe_ground(x)[0], mixed[0])
 
 
 @pytest.mark.parametrize("views", [1, 4, 8])
@@ -73,8 +94,14 @@ def test_checkpoint_keeps_means_and_older_files_load_without_them(tmp_path: Path
     assert loaded.config.preprocessing.centered
     assert torch.equal(loaded.model.ground_center, net.ground_center)
     assert torch.equal(loaded.model.satellite_center, net.satellite_center)
-    # A file written before centring existed: no buffers, no flag -> zero means, not centred.
+    # Centred before photos had a mean of their own: photos keep the panoramas' mean.
     payload = torch.load(tmp_path / "c.pt", weights_only=True)
+    del payload["state_dict"]["photo_center"]
+    torch.save(payload, tmp_path / "no-photo.pt")
+    no_photo = load_checkpoint(tmp_path / "no-photo.pt")
+    assert no_photo.config.preprocessing.centered
+    assert torch.equal(no_photo.model.photo_center, net.ground_center)
+    # A file written before centring existed: no buffers, no flag -> zero means, not centred.
     for key in ("ground_center", "satellite_center"):
         del payload["state_dict"][key]
     payload["config"]["preprocessing"].pop("centered")
@@ -116,6 +143,7 @@ def test_center_weights_script_measures_the_mean_view_descriptor(tmp_path: Path)
     centred = load_checkpoint(tmp_path / "c.pt")
     assert centred.config.preprocessing.centered and centred.config.preprocessing.views == 4
     assert centred.meta["train_config"]["centering"]["pairs"] == 5
+    assert centred.meta["train_config"]["centering"]["photos"] == 5
     # By hand: every training pair, each of the 8 scene transforms, one image at a time.
     ds = open_eval_dataset(world, TINY.preprocessing, split="train")
     g_sum, s_sum = torch.zeros(D), torch.zeros(D)
@@ -127,6 +155,16 @@ def test_center_weights_script_measures_the_mean_view_descriptor(tmp_path: Path)
                 s_sum += net.embed_satellite(satellite_view(sat[None], k, m))[0]
     torch.testing.assert_close(centred.model.ground_center, g_sum / 40, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(centred.model.satellite_center, s_sum / 40, atol=1e-5, rtol=1e-4)
+    # Photos: the world's photos of the same split, as `--queries photo` prepares them.
+    photos = open_eval_dataset(world, TINY.preprocessing, split="train", queries="photo")
+    p_sum = torch.zeros(D)
+    with torch.no_grad():
+        for i in range(len(photos)):
+            grd, _, _ = photos[i]
+            for k, m in view_transforms(8):
+                p_sum += net.embed_ground(ground_view(grd[None], k, m))[0]
+    torch.testing.assert_close(centred.model.photo_center, p_sum / 40, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(centred.model.photo_center, centred.model.ground_center, atol=1e-3)
     # The weights themselves are unchanged.
     params = dict(net.named_parameters())
     for name, value in centred.model.named_parameters():

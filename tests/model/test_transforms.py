@@ -187,6 +187,51 @@ def test_prepare_photo_clips_tall_photo_and_validates_fov():
         prepare_photo(_uniform(4, 4), BGR_PREP, fov_deg=0)
 
 
+def _scene_rgb(az: np.ndarray, el: np.ndarray) -> np.ndarray:
+    """A smooth colour for each viewing direction (radians): what any camera at the spot sees."""
+    r = 128 + 90 * np.sin(3 * az)
+    g = 128 + 90 * np.sin(5 * el + 0.3)
+    b = 128 + 60 * np.cos(2 * az + 4 * el)
+    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("fov", [60.0, 90.0])
+def test_prepare_photo_reprojects_a_pinhole_photo_into_the_panorama_geometry(fov: float) -> None:
+    # The same scene seen as a level pinhole photo (heading 0) and as the equirectangular canvas
+    # the weights expect (rows from +35 to -45 degrees), both computed here from directions.
+    prep = Preprocessing(sat_size=2, grd_size=(64, 352), pano_elevation_deg=(35.0, -45.0))
+    rows, cols = 480, 640
+    focal = (cols / 2) / math.tan(math.radians(fov) / 2)
+    u = np.arange(cols) + 0.5 - cols / 2
+    v = np.arange(rows) + 0.5 - rows / 2
+    photo = _scene_rgb(
+        np.broadcast_to(np.arctan2(u, focal), (rows, cols)),
+        np.arctan(-v[:, None] / np.sqrt(focal**2 + u[None, :] ** 2)),
+    )
+    az = np.radians((np.arange(352) + 0.5) * 360 / 352 - fov / 2)
+    el = np.radians(35 - (np.arange(64) + 0.5) * 80 / 64)
+    want = prepare_ground(_scene_rgb(*np.meshgrid(az, el)), prep)
+    got = prepare_photo(photo, prep, fov_deg=fov)
+    covered = got.abs().sum(0) > 0
+    ncol = math.ceil(fov / 360 * 352)
+    assert not covered[:, ncol:].any()  # nothing right of the photo's field of view
+    # The photo covers +-(vertical half-angle) around the horizon (row 28) in its middle column.
+    half_v = math.degrees(math.atan((rows / 2) / focal))
+    middle = covered[:, ncol // 2].nonzero().flatten()
+    assert abs(middle[0].item() - (35 - half_v) * 64 / 80) <= 1.5
+    assert abs(middle[-1].item() - (35 + half_v) * 64 / 80) <= 1.5
+    error = (got - want).abs()[:, covered].mean().item()
+    assert error < 1.0, error  # 0-255 units: resampling only
+    # The scaled placement (no elevation span known) puts the same photo elsewhere.
+    scaled = prepare_photo(photo, dataclasses.replace(prep, pano_elevation_deg=None), fov_deg=fov)
+    assert (scaled - want).abs()[:, covered].mean().item() > 4 * error
+
+
+def test_pano_elevation_is_validated() -> None:
+    with pytest.raises(ValueError, match="pano_elevation_deg"):
+        Preprocessing(sat_size=2, grd_size=(8, 40), pano_elevation_deg=(-10.0, 20.0))
+
+
 class _FixedRng:
     """Stands in for np.random.Generator: returns the queued integers in order."""
 

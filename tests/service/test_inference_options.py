@@ -14,7 +14,7 @@ from model.checkpoint import save_checkpoint
 from model.transforms import load_image_rgb, prepare_photo
 from model.views import set_inference_options
 from service.main import create_app
-from service.pipeline import best_per_tile
+from service.pipeline import Query, best_per_tile, run_batch
 from tests.service.world import make_world, panorama_bytes, photo_bytes
 
 TURNED_TILE = 7  # the planted tile: the photo's descriptor at heading step 2 of 4, or the panorama's
@@ -110,3 +110,27 @@ def test_panorama_under_test_time_views(tmp_path: Path) -> None:
     top = body["candidates"][0]
     assert top["tile_id"] == world.builds[body["build_id"]]["tile_ids"][TURNED_TILE]
     assert top["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_batch_marks_photo_inputs_for_their_own_centring() -> None:
+    """run_batch tells the model which rows are photos' canvases (`photo_center`), row by row."""
+    seen: list[torch.Tensor] = []
+
+    class Recorder:
+        def embed(self, x: torch.Tensor, photo: torch.Tensor | None = None) -> np.ndarray:
+            assert photo is not None
+            seen.append(photo)
+            return np.zeros((len(x), 4), dtype=np.float32)
+
+    class Snapshot:
+        def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            return np.zeros((len(q), k), dtype=np.float32), np.tile(np.arange(k), (len(q), 1))
+
+    snap = Snapshot()
+    queries = [
+        Query(torch.zeros(1, 3, 4, 8), snap, 1),  # type: ignore[arg-type]
+        Query(torch.zeros(3, 3, 4, 8), snap, 1, photo=True),  # type: ignore[arg-type]
+        Query(torch.zeros(1, 3, 4, 8), snap, 1, photo=False),  # type: ignore[arg-type]
+    ]
+    run_batch(Recorder(), queries)  # type: ignore[arg-type]
+    assert seen[0].tolist() == [False, True, True, True, False]

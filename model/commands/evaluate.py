@@ -39,10 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--headings",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
         help="try each photo query at N headings (360/N degree steps) and keep each tile's best "
-        "similarity; for weights trained with --photo-placement heading (default 1: column 0 only)",
+        "similarity (default: the checkpoint's photo_headings, as the service does)",
     )
     parser.add_argument(
         "--views",
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    if args.headings != 1 and args.queries != "photo":
+    if args.headings is not None and args.headings != 1 and args.queries != "photo":
         raise ValueError("--headings applies to photo queries (--queries photo); panoramas face north")
     weights = Path(args.weights) if args.weights else default_weights_path()
     loaded = load_checkpoint(weights, device=args.device)
@@ -76,8 +76,9 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"{weights} holds no descriptor means to centre with (scripts/center_weights.py)")
     set_inference_options(loaded.model, views=args.views, centered=args.centered)
     dataset = open_eval_dataset(args.data, loaded.config.preprocessing, args.split, args.queries)
+    headings = args.headings or (loaded.config.preprocessing.photo_headings if args.queries == "photo" else 1)
     metrics, skipped = evaluate_model(
-        loaded.model, dataset, args.batch_size, args.workers, args.device, headings=args.headings
+        loaded.model, dataset, args.batch_size, args.workers, args.device, headings=headings
     )
     results: dict[str, RetrievalMetrics] = {"model": metrics}
     for kind in args.baseline:
@@ -90,7 +91,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "data": str(dataset.root),
         "split": args.split,
         "queries": args.queries,
-        "headings": args.headings,
+        "headings": headings,
         "views": loaded.model.config.preprocessing.views,
         "centered": loaded.model.config.preprocessing.centered,
         "pairs": len(dataset),

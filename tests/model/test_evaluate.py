@@ -20,6 +20,7 @@ from model.data import DatasetError
 from model.evaluate import embed_pairs, evaluate_model, open_eval_dataset, resolve_data_root
 from model.metrics import EARTH_RADIUS_M
 from model.transforms import heading_inputs
+from model.views import set_inference_options
 
 TINY = ModelConfig(
     arch="cvm-net-i",
@@ -202,3 +203,15 @@ def test_eval_command_views_override(world: Path, weights: Path, capsys) -> None
     one = json.loads(capsys.readouterr().out)
     assert four["views"] == 4 and one["views"] == 1
     assert four["results"]["model"]["n"] == one["results"]["model"]["n"] == N_VAL
+
+
+def test_eval_photo_headings_default_to_the_checkpoints(world: Path, tmp_path: Path, capsys) -> None:
+    torch.manual_seed(0)
+    net = build_model(TINY)
+    set_inference_options(net, photo_headings=4)
+    save_checkpoint(tmp_path / "h4.pt", net)
+    argv = ["eval", "--weights", str(tmp_path / "h4.pt"), "--data", str(world), "--json"]
+    assert cvm_main([*argv, "--queries", "photo"]) == 0
+    assert json.loads(capsys.readouterr().out)["headings"] == 4  # as the service tries photos
+    assert cvm_main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["headings"] == 1  # panoramas face north

@@ -131,7 +131,7 @@ def random_photo_crop(pano: np.ndarray, rng: np.random.Generator) -> tuple[np.nd
 
 
 def place_photo_crop(canvas: torch.Tensor, start_col: int, pano_width: int) -> torch.Tensor:
-    """Move a `prepare_photo` canvas (photo at column 0) to where its crop was cut from: column
+    """Move a `prepare_pano_crop` canvas (crop at column 0) to where its crop was cut from: column
     `start_col` of a `pano_width`-wide panorama, scaled to the canvas width (wrapping around)."""
     width = canvas.shape[-1]
     return torch.roll(canvas, shifts=round(start_col * width / pano_width) % width, dims=-1)
@@ -154,9 +154,10 @@ class PairDataset(Dataset):
     augment: random satellite crop/rotation (`augment_satellite`, the original's), or with
     `aligned` a random mirror and quarter turn of the whole scene that keeps the panorama
     north-aligned with the tile (`rotate_flip_pair`); and with probability `photo_fraction` the
-    panorama is replaced by a random-heading 60-90 degree crop fed through `prepare_photo` (so
-    that ordinary photos are seen in training). `photo_placement` says where the crop goes on the
-    panorama canvas: "column0" (as `prepare_photo` places a photo of unknown heading) or
+    panorama is replaced by a random-heading 60-90 degree crop placed by `prepare_pano_crop` (so
+    that partial views like ordinary photos are seen in training). `photo_placement` says where
+    the crop goes on the panorama canvas: "column0" (as `prepare_photo` places a photo of unknown
+    heading) or
     "heading" (the columns it was cut from, so that the model learns to match partial panoramas
     in place; queries are then tried at several headings, see `model.evaluate`).
     Records whose files are missing are dropped at construction (listed in `missing`).

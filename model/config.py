@@ -47,8 +47,9 @@ class Preprocessing:
                   (`prepare_photo`). None: photos are scaled like panorama crops.
     centered:     each view descriptor has its domain's mean descriptor subtracted and is
                   L2-normalised again before it is compared (`model.centering`; the means are the
-                  model's `ground_center` / `satellite_center` buffers, measured on training
-                  worlds by scripts/center_weights.py). Like `views`, only inference uses it.
+                  model's `ground_center` / `satellite_center` / `photo_center` buffers, measured
+                  on training worlds by scripts/center_weights.py). Like `views`, only inference
+                  uses it.
     """
 
     sat_size: int

@@ -74,18 +74,23 @@ class CVMNet(nn.Module):
         `embed_ground` of each test-time view of the preprocessing (`model.views`), centred when
         it says so (`model.centering`). `photo` (all inputs, or a (b,) bool mask) marks ordinary
         photos' canvases, centred with the photos' mean instead of the panoramas'."""
-        mean = self.ground_center
-        if isinstance(photo, torch.Tensor):
-            mask = photo.to(device=x.device, dtype=torch.bool)[:, None]
-            mean = torch.where(mask, self.photo_center, self.ground_center).repeat(self._views, 1)
-        elif photo:
-            mean = self.photo_center
-        return describe(self._view_embedder(self.embed_ground, mean), ground_view, x, self._views)
+        return describe(
+            self._view_embedder(self.embed_ground, self._ground_mean(photo)), ground_view, x, self._views
+        )
 
     def describe_satellite(self, x: torch.Tensor) -> torch.Tensor:
         """(b, 3, S, S) -> (b, descriptor_dim): `describe_ground`'s counterpart for tiles."""
         embed = self._view_embedder(self.embed_satellite, self.satellite_center)
         return describe(embed, satellite_view, x, self._views)
+
+    def _ground_mean(self, photo: bool | torch.Tensor) -> torch.Tensor:
+        """(d,), or one row per input of the views' concatenation (views * b, d) for a mask."""
+        if not self.config.preprocessing.centered:
+            return self.ground_center  # unused
+        if isinstance(photo, torch.Tensor):
+            mask = photo.to(device=self.ground_center.device, dtype=torch.bool)[:, None]
+            return torch.where(mask, self.photo_center, self.ground_center).repeat(self._views, 1)
+        return self.photo_center if photo else self.ground_center
 
     @property
     def _views(self) -> int:
@@ -94,7 +99,6 @@ class CVMNet(nn.Module):
     def _view_embedder(
         self, embed: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        # mean: (d,), or one row per input of the views' concatenation (views * b, d)
         if not self.config.preprocessing.centered:
             return embed
         return lambda x: center(embed(x), mean)

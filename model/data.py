@@ -157,9 +157,8 @@ class PairDataset(Dataset):
     panorama is replaced by a random-heading 60-90 degree crop placed by `prepare_pano_crop` (so
     that partial views like ordinary photos are seen in training). `photo_placement` says where
     the crop goes on the panorama canvas: "column0" (as `prepare_photo` places a photo of unknown
-    heading) or
-    "heading" (the columns it was cut from, so that the model learns to match partial panoramas
-    in place; queries are then tried at several headings, see `model.evaluate`).
+    heading) or "heading" (the columns it was cut from, so that the model learns to match partial
+    panoramas in place; queries are then tried at several headings, see `model.evaluate`).
     Records whose files are missing are dropped at construction (listed in `missing`).
     """
 

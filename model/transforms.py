@@ -170,7 +170,7 @@ def input_size(
         return prep.grd_size[1], prep.grd_size[0]
     if kind == "photo":
         if prep.pano_elevation_deg is not None:
-            return _pinhole_scaled_size(width, height, prep, fov_deg)
+            return _pinhole_scaled_size(width, height, prep.grd_size, prep.pano_elevation_deg, fov_deg)
         return _photo_size(width, height, prep.grd_size[1], fov_deg)
     raise ValueError(f"kind must be 'panorama' or 'photo', got {kind!r}")
 
@@ -203,11 +203,11 @@ def prepare_photo(rgb: np.ndarray, prep: Preprocessing, fov_deg: float = 90.0) -
     pixel looks up the photo pixel its direction falls on. Otherwise it is scaled as a crop of a
     panorama would be (`prepare_pano_crop`).
     """
-    _check_rgb(rgb, "photo")
-    _check_fov(fov_deg)
     if prep.pano_elevation_deg is None:
         return prepare_pano_crop(rgb, prep, fov_deg)
-    return _reproject_pinhole(rgb, prep, fov_deg)
+    _check_rgb(rgb, "photo")
+    _check_fov(fov_deg)
+    return _reproject_pinhole(rgb, prep, fov_deg, prep.pano_elevation_deg)
 
 
 def prepare_pano_crop(rgb: np.ndarray, prep: Preprocessing, fov_deg: float) -> torch.Tensor:
@@ -233,28 +233,40 @@ def _check_fov(fov_deg: float) -> None:
         raise ValueError(f"fov_deg must be in (0, 360], got {fov_deg}")
 
 
-def _pinhole_scaled_size(width: int, height: int, prep: Preprocessing, fov_deg: float) -> tuple[int, int]:
+# A pinhole image cannot cover 180 degrees: wider fields of view are taken as this.
+MAX_PINHOLE_FOV_DEG = 179.0
+
+
+def _focal_px(width: int, fov_deg: float) -> float:
+    """Focal length in pixels of a level pinhole image `width` pixels wide."""
+    return (width / 2) / math.tan(math.radians(min(fov_deg, MAX_PINHOLE_FOV_DEG)) / 2)
+
+
+def _pinhole_scaled_size(
+    width: int, height: int, grd_size: tuple[int, int], span: tuple[float, float], fov_deg: float
+) -> tuple[int, int]:
     """The photo resized so that, at its centre, a pixel covers the canvas's angle per pixel in
     each direction (the step before the reprojection samples it)."""
-    rows, cols = prep.grd_size
-    top, bottom = prep.pano_elevation_deg or (0.0, 0.0)
-    focal = (width / 2) / math.tan(math.radians(min(fov_deg, 179.0)) / 2)
+    (rows, cols), (top, bottom), focal = grd_size, span, _focal_px(width, fov_deg)
     sx = cols / (2 * math.pi) / focal
     sy = rows / math.radians(top - bottom) / focal
     return max(1, round(width * sx)), max(1, round(height * sy))
 
 
-def _reproject_pinhole(rgb: np.ndarray, prep: Preprocessing, fov_deg: float) -> torch.Tensor:
+def _reproject_pinhole(
+    rgb: np.ndarray, prep: Preprocessing, fov_deg: float, span: tuple[float, float]
+) -> torch.Tensor:
     """See `prepare_photo`. Canvas column c looks (c + 0.5) * 360 / W - fov_deg / 2 degrees right of
     the photo's axis, row r at top - (r + 0.5) * (top - bottom) / H degrees of elevation; a level
     pinhole photo of focal length f (pixels) shows direction (az, el) at x = f tan(az),
     y = -tan(el) sqrt(f^2 + x^2) from its centre. Sampled bilinearly from the photo resized to
     about the canvas's resolution (`_pinhole_scaled_size`), so that the lookup does not alias."""
-    rows, cols = prep.grd_size
-    top, bottom = prep.pano_elevation_deg or (0.0, 0.0)
-    fov = min(fov_deg, 179.0)  # a pinhole image cannot cover 180 degrees
-    small = _resize_area(rgb, *_pinhole_scaled_size(rgb.shape[1], rgb.shape[0], prep, fov)[::-1])
-    focal = (rgb.shape[1] / 2) / math.tan(math.radians(fov) / 2)
+    (rows, cols), (top, bottom) = prep.grd_size, span
+    fov = min(fov_deg, MAX_PINHOLE_FOV_DEG)
+    small = _resize_area(
+        rgb, *_pinhole_scaled_size(rgb.shape[1], rgb.shape[0], prep.grd_size, span, fov)[::-1]
+    )
+    focal = _focal_px(rgb.shape[1], fov)
     sx, sy = small.shape[1] / rgb.shape[1], small.shape[0] / rgb.shape[0]
     ncol = min(cols, math.ceil(fov / 360.0 * cols))
     az = np.radians((np.arange(ncol) + 0.5) * 360.0 / cols - fov / 2)

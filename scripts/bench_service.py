@@ -344,8 +344,10 @@ async def measure(args: argparse.Namespace, base: str, image: bytes, forward: Fo
 
 
 def main() -> int:
+    from service.torch_threads import pool_size
+
     args = parse_args()
-    threads = args.torch_threads or os.cpu_count() or 1
+    threads = pool_size(args.torch_threads)
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load {os.getloadavg()}")
     if args.query_file is not None:
         image = args.query_file.read_bytes()

@@ -26,8 +26,8 @@ from model.centering import clear_centers, set_centers
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from model.config import Preprocessing
 from model.cvm_net import CVMNet
-from model.data import CVUSADataset, DatasetError, collate_pairs, read_world_photos
-from model.evaluate import embed_pairs, open_eval_dataset, resolve_data_root
+from model.data import DatasetError, collate_pairs, report_failures
+from model.evaluate import embed_pairs, open_eval_dataset
 from model.views import set_inference_options
 
 MEASURE_VIEWS = 8
@@ -43,22 +43,17 @@ def mean_view_descriptors(descriptors: np.ndarray, views: int) -> np.ndarray:
 def photo_descriptors(
     net: CVMNet, world: str, prep: Preprocessing, args: argparse.Namespace
 ) -> list[np.ndarray]:
-    """[(n, views * d)] descriptors of the split's photos of a synthetic world, [] without any."""
-    try:
-        photos = read_world_photos(Path(world))
-    except DatasetError:
-        return []  # a CVUSA folder: no ground.csv, no photos
-    if not photos:
+    """[(n, views * d)] descriptors of the split's photos of a synthetic world (`cvm eval
+    --queries photo`'s inputs); [] for a folder without ground.csv (a CVUSA root)."""
+    if not (Path(world) / "ground.csv").is_file():
         return []
-    root, _ = resolve_data_root(world)
-    dataset = CVUSADataset(root, args.split, prep=prep, augment=False, photos=photos)
+    dataset = open_eval_dataset(world, prep, args.split, queries="photo")
     rows = [i for i, rec in enumerate(dataset.records) if rec.grd_fov_deg is not None]
-    if not rows:
-        return []
     loader = DataLoader(Subset(dataset, rows), batch_size=args.batch_size, collate_fn=collate_pairs)
     out = []
     with torch.no_grad():
         for batch in loader:
+            report_failures(batch.failures)
             if len(batch):
                 out.append(net.describe_ground(batch.grd).float().numpy())
     return out

@@ -79,11 +79,11 @@ class Localizer:
             )
         return x, used, t1 - t0, time.perf_counter() - t1
 
-    def embed(self, batch: torch.Tensor, photo: torch.Tensor | None = None) -> np.ndarray:
+    def embed(self, batch: torch.Tensor, photo: bool | torch.Tensor = False) -> np.ndarray:
         """(b, 3, H, W) float32 -> (b, d) float32 descriptors (L2-normalised by the model).
-        `photo`: (b,) bool, the inputs that are ordinary photos' canvases (none when None)."""
+        `photo`: whether the inputs are ordinary photos' canvases, all or a (b,) bool mask."""
         with self._count_lock:
             self.forward_calls += 1
         with torch.inference_mode():
-            out = self.model.describe_ground(batch.to(self.device), photo=False if photo is None else photo)
+            out = self.model.describe_ground(batch.to(self.device), photo=photo)
         return out.float().cpu().numpy()

@@ -35,9 +35,14 @@ def claim_pool(n: int) -> int:
     This also makes `n` the default of threads that have not run torch yet: call
     `compute_single_threaded` from another thread afterwards.
     """
-    count = n if n > 0 else (os.cpu_count() or 1)
+    count = pool_size(n)
     _set_for_this_thread(count)
     return count
+
+
+def pool_size(n: int) -> int:
+    """The thread count `claim_pool(n)` gives: n, or one per core for 0."""
+    return n if n > 0 else (os.cpu_count() or 1)
 
 
 def _set_for_this_thread(n: int) -> None:

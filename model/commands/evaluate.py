@@ -76,7 +76,9 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"{weights} holds no descriptor means to centre with (scripts/center_weights.py)")
     set_inference_options(loaded.model, views=args.views, centered=args.centered)
     dataset = open_eval_dataset(args.data, loaded.config.preprocessing, args.split, args.queries)
-    headings = args.headings or (loaded.config.preprocessing.photo_headings if args.queries == "photo" else 1)
+    headings = args.headings
+    if headings is None:  # as the service tries photos; panoramas face north
+        headings = loaded.config.preprocessing.photo_headings if args.queries == "photo" else 1
     metrics, skipped = evaluate_model(
         loaded.model, dataset, args.batch_size, args.workers, args.device, headings=headings
     )

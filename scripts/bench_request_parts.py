@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import query_image  # noqa: E402
 
 from model.transforms import MAX_PIXELS, load_image_rgb  # noqa: E402
+from service.flat_search import FlatView  # noqa: E402
 from service.imaging import decode_upload  # noqa: E402
-from service.snapshot import FlatView  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], runs: int) -> float:

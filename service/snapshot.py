@@ -15,65 +15,18 @@ from typing import Any
 
 import faiss
 import numpy as np
-import torch
 
 from indexer.errors import IndexMismatch
 from indexer.faiss_index import read_index
 from service.catalog import BuildInfo, Catalog, TilePlace
 from service.errors import IndexBuildError
-
-
-class FlatView:
-    """An exact inner-product index (`IDMap2,Flat`) searched by torch over FAISS's own vectors.
-
-    FAISS searches one query in one thread (it parallelises over queries); the search is a
-    matrix-vector product bound by memory bandwidth, so torch's matrix product on the forward
-    pass's threads, whose workers are still awake right after it, reads the vectors about twice
-    as fast on 2 cores (docs/benchmarks.md). The vectors are not copied: the tensor views the
-    index's storage, which the snapshot keeps alive and never changes.
-    """
-
-    def __init__(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        self.vectors = torch.from_numpy(vectors)  # (N, d) float32 view
-        self.ids = ids  # (N,) int64: tile id of each row
-
-    @classmethod
-    def of(cls, index: Any) -> FlatView | None:
-        """The view of an IDMap2 over a flat inner-product index, else None (IVF, HNSW...)."""
-        outer = faiss.downcast_index(index)
-        if not isinstance(outer, faiss.IndexIDMap2):
-            return None
-        inner = faiss.downcast_index(outer.index)
-        if not isinstance(inner, faiss.IndexFlat) or inner.metric_type != faiss.METRIC_INNER_PRODUCT:
-            return None
-        n, d = int(inner.ntotal), int(inner.d)
-        vectors = (
-            faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
-        )
-        return cls(vectors, faiss.vector_to_array(outer.id_map).astype(np.int64))
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Like FAISS: (n, d) -> scores (n, k) float32, ids (n, k) int64, best first; slots past
-        the index size hold id -1 and score -FLT_MAX. Equal scores are ordered by row."""
-        n, total = len(queries), len(self.ids)
-        scores = np.full((n, k), -np.finfo(np.float32).max, dtype=np.float32)
-        ids = np.full((n, k), -1, dtype=np.int64)
-        kept = min(k, total)
-        if kept:
-            with torch.inference_mode():
-                sims = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)) @ self.vectors.T
-                top, rows = torch.topk(sims, kept, dim=1)
-            top_np, rows_np = top.numpy(), rows.numpy()
-            order = np.lexsort((rows_np, -top_np), axis=1)  # by score, then row, for determinism
-            scores[:, :kept] = np.take_along_axis(top_np, order, axis=1)
-            ids[:, :kept] = self.ids[np.take_along_axis(rows_np, order, axis=1)]
-        return scores, ids
+from service.flat_search import FlatView
 
 
 @dataclass(frozen=True)
 class IndexSnapshot:
     """A loaded build. `index` is only read (FAISS search is safe from several threads); `flat`
-    is its torch view when it is an exact flat index."""
+    is its torch search (`service.flat_search`) when it is an exact flat index."""
 
     build_id: int
     index: Any

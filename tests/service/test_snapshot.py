@@ -16,7 +16,6 @@ from indexer.db import make_engine
 from service.catalog import BuildInfo, Catalog
 from service.errors import IndexBuildError
 from service.snapshot import (
-    FlatView,
     IndexSnapshot,
     load_snapshot,
     omp_threads,
@@ -137,43 +136,6 @@ def test_omp_threads_restores_after_an_error() -> None:
         return inside, faiss.omp_get_max_threads()
 
     assert _in_new_thread(scenario) == (1, 2)
-
-
-@pytest.mark.parametrize("k", [1, 5, 203])
-def test_flat_view_search_equals_faiss(k: int) -> None:
-    rng = np.random.default_rng(k)
-    xb = rng.standard_normal((200, 32)).astype(np.float32)
-    index = faiss.index_factory(32, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
-    index.add_with_ids(xb, rng.permutation(10_000)[:200].astype(np.int64))
-    view = FlatView.of(index)
-    assert view is not None
-    assert view.vectors.data_ptr() == faiss.downcast_index(index.index).get_xb().__int__()  # no copy
-    queries = rng.standard_normal((3, 32)).astype(np.float32)
-    scores, ids = view.search(queries, k)
-    want_scores, want_ids = index.search(queries, k)
-    assert ids.dtype == np.int64 and scores.dtype == np.float32
-    np.testing.assert_array_equal(ids, want_ids)  # -1 past the 200 vectors, as FAISS
-    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-4)
-
-
-def test_flat_view_only_for_exact_inner_product_indexes() -> None:
-    assert FlatView.of(faiss.index_factory(8, "IDMap2,Flat", faiss.METRIC_L2)) is None
-    hnsw = faiss.index_factory(8, "IDMap2,HNSW8", faiss.METRIC_INNER_PRODUCT)
-    assert FlatView.of(hnsw) is None
-    empty = FlatView.of(faiss.index_factory(8, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT))
-    assert empty is not None
-    scores, ids = empty.search(np.ones((1, 8), dtype=np.float32), 2)
-    assert ids.tolist() == [[-1, -1]]
-
-
-def test_flat_view_orders_equal_scores_by_row() -> None:
-    index = faiss.index_factory(4, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
-    same = np.tile(np.array([[1, 0, 0, 0]], dtype=np.float32), (5, 1))
-    index.add_with_ids(same, np.array([50, 40, 30, 20, 10], dtype=np.int64))
-    view = FlatView.of(index)
-    assert view is not None
-    _, ids = view.search(same[:1], 5)
-    assert ids.tolist() == [[50, 40, 30, 20, 10]]
 
 
 def test_loaded_snapshot_of_a_flat_build_searches_by_torch(fresh_world: World, catalog: Catalog) -> None:

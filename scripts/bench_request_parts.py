@@ -4,9 +4,14 @@
   `decode_upload`, the training decoder `load_image_rgb`, and `cv2.imdecode` for reference;
 * one exact search over 10,000 random unit vectors of 256 dims (`IDMap2,Flat`, inner product):
   FAISS with 1 and 2 OpenMP threads, a numpy matrix-vector product, and the service's torch
-  search over the index's own vectors (`service.snapshot.FlatView`, torch's default threads).
+  search over the index's own vectors (`service.flat_search.FlatView`, torch's default threads);
+* with `--after-forward`: the service's search as a request meets it, right after a forward pass
+  of the shipped weights (4 views) in the same thread, which has pushed the index out of the
+  caches: one float32 pass against the two passes (int8, then float32 for the candidates), over
+  10,000 and 100,000 random unit vectors of the weights' descriptor size; and what the int8
+  copies cost when a build is loaded.
 
-    .venv/bin/python scripts/bench_request_parts.py [--runs 2000]
+    .venv/bin/python scripts/bench_request_parts.py [--runs 2000] [--after-forward]
 
 Prints the median time of each in ms.
 """
@@ -85,11 +90,52 @@ def search_parts(runs: int, n: int = 10_000, d: int = 256) -> None:
     print(f"  torch FlatView, {torch.get_num_threads()} threads (served) {ms:7.3f} ms")
 
 
+def search_after_forward(runs: int, sizes: tuple[int, ...] = (10_000, 100_000)) -> None:
+    from bench_service import Forward
+
+    from model.weights import default_weights_path
+
+    forward = Forward(default_weights_path(), query_image(616, 112), 0)  # the server's threads
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, forward.dim)).astype(np.float32)
+    q /= np.linalg.norm(q)
+    print(f"search right after a forward pass (shipped weights), d={forward.dim}, k=5, median of {runs}:")
+    for n in sizes:
+        xb = rng.standard_normal((n, forward.dim)).astype(np.float32)
+        xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+        index = faiss.index_factory(forward.dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
+        index.add_with_ids(xb, np.arange(n, dtype=np.int64))
+        t0 = time.perf_counter()
+        two = FlatView.of(index, min_values_two_pass=0)
+        load_s = time.perf_counter() - t0
+        one = FlatView.of(index, min_values_two_pass=2**62)
+        assert one is not None and two is not None and two.int8 is not None
+        assert (one.search(q, 5)[1] == two.search(q, 5)[1]).all()
+        extra = two.int8.codes.numel() / 2**20
+        print(f"  {n:,} x {forward.dim}: int8 copies {extra:.0f} MiB (+25 %), made in {load_s * 1000:.0f} ms")
+        for name, view in (("one float32 pass", one), ("int8 + float32 candidates", two)):
+            times = []
+            for _ in range(runs):
+                forward.once_ms()
+                times.append(forward.run(_timed_search, view, q))
+            print(f"    {name:28s} {statistics.median(times) * 1000:7.3f} ms")
+
+
+def _timed_search(view: FlatView, q: np.ndarray) -> float:
+    t0 = time.perf_counter()
+    view.search(q, 5)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=2000)
+    p.add_argument("--after-forward", action="store_true", help="only the search after a forward pass")
     args = p.parse_args()
     print(f"load average (1 min) before the run: {os.getloadavg()[0]:.2f}")
+    if args.after_forward:
+        search_after_forward(args.runs)
+        return
     decode_parts(args.runs)
     search_parts(args.runs)
 

@@ -205,6 +205,11 @@ class Forward:
         self._thread.submit(claim_pool, torch_threads).result()
         compute_single_threaded()  # this thread builds the index and runs the client
 
+    def run(self, fn, *args):
+        """fn(*args) in the forward thread (it holds torch's thread pool, as the server's batch
+        thread does); returns its result."""
+        return self._thread.submit(fn, *args).result()
+
     def once_ms(self) -> float:
         """One batch-1 forward, ms."""
         return self._thread.submit(_timed, self.loc.embed, self.x).result() * 1000.0

@@ -48,12 +48,14 @@ class Int8Rows:
     max_norm: float  # max over rows of |x|
 
 
-def quantise(x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, d) float -> codes round(x / scale) (n, d) int8 and each row's |x - scale * codes|
-    (float64). `scale` must be at least max |x| / 127."""
+def quantise(x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n, d) float -> codes round(x / scale) (n, d) int8, each row's |x - scale * codes| and each
+    row's |x| (float64). `scale` must be at least max |x| / 127."""
     x64 = x.double()
-    codes = torch.round(x64 / scale).clamp_(-INT8_LEVELS, INT8_LEVELS)
-    return codes.to(torch.int8), torch.linalg.vector_norm(x64 - codes * scale, dim=1)
+    norms = torch.linalg.vector_norm(x64, dim=1)
+    codes = (x64 / scale).round_().clamp_(-INT8_LEVELS, INT8_LEVELS)
+    x64.add_(codes, alpha=-scale)  # the rounding error, in place
+    return codes.to(torch.int8), torch.linalg.vector_norm(x64, dim=1), norms
 
 
 def scale_of(x: torch.Tensor) -> float:
@@ -67,11 +69,9 @@ def quantise_rows(vectors: torch.Tensor) -> Int8Rows:
     scale = scale_of(vectors)
     codes, max_error, max_norm = [], 0.0, 0.0
     for i in range(0, len(vectors), _QUANTISE_CHUNK):
-        chunk = vectors[i : i + _QUANTISE_CHUNK]
-        c, error = quantise(chunk, scale)
+        c, error, norms = quantise(vectors[i : i + _QUANTISE_CHUNK], scale)
         codes.append(c)
-        max_error = max(max_error, float(error.max()))
-        max_norm = max(max_norm, float(torch.linalg.vector_norm(chunk.double(), dim=1).max()))
+        max_error, max_norm = max(max_error, float(error.max())), max(max_norm, float(norms.max()))
     return Int8Rows(torch.cat(codes), scale, max_error, max_norm)
 
 

@@ -1,7 +1,9 @@
 """Micro-benchmark of two parts of a /localize request, in one process, alternatives side by side:
 
 * decoding the benchmark's 616x112 noise JPEG (scripts/bench_service.py's query): the service's
-  `decode_upload`, the training decoder `load_image_rgb`, and `cv2.imdecode` for reference;
+  `decode_upload`, the training decoder `load_image_rgb`, `cv2.imdecode` for reference, and
+  Pillow's header parsing and decode alone; then preparing it for the shipped weights
+  (`prepare_ground`, and its resize alone);
 * one exact search over 10,000 random unit vectors of 256 dims (`IDMap2,Flat`, inner product):
   FAISS with 1 and 2 OpenMP threads, a numpy matrix-vector product, and the service's torch
   search over the index's own vectors (`service.flat_search.FlatView`, torch's default threads);
@@ -19,6 +21,7 @@ Prints the median time of each in ms.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import sys
@@ -30,11 +33,13 @@ import cv2
 import faiss
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import query_image  # noqa: E402
 
-from model.transforms import MAX_PIXELS, load_image_rgb  # noqa: E402
+from model.config import Preprocessing  # noqa: E402
+from model.transforms import MAX_PIXELS, load_image_rgb, prepare_ground  # noqa: E402
 from service.flat_search import FlatView  # noqa: E402
 from service.imaging import decode_upload  # noqa: E402
 
@@ -58,8 +63,29 @@ def decode_parts(runs: int) -> None:
         ("service decode_upload", lambda: decode_upload(data, MAX_PIXELS)),
         ("training load_image_rgb", lambda: load_image_rgb(data)),
         ("cv2.imdecode (reference)", lambda: cv2.imdecode(raw, cv2.IMREAD_COLOR)),
+        ("of which: header (Image.open)", lambda: Image.open(io.BytesIO(data))),
+        ("of which: header + decode", lambda: Image.open(io.BytesIO(data)).load()),
     ):
-        print(f"  {name:28s} {median_ms(fn, runs):7.3f} ms")
+        print(f"  {name:34s} {median_ms(fn, runs):7.3f} ms")
+    prep = preprocessing_of_shipped_weights()
+    rgb = decode_upload(data, MAX_PIXELS)
+    height, width = prep.grd_size
+    print(f"preparing it for the shipped weights ({width}x{height} input), median of {runs}:")
+    for name, fn in (
+        ("prepare_ground", lambda: prepare_ground(rgb, prep)),
+        (
+            "of which: cv2.resize INTER_AREA",
+            lambda: cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA),
+        ),
+    ):
+        print(f"  {name:34s} {median_ms(fn, runs):7.3f} ms")
+
+
+def preprocessing_of_shipped_weights() -> Preprocessing:
+    from model.checkpoint import load_checkpoint
+    from model.weights import default_weights_path
+
+    return load_checkpoint(default_weights_path()).config.preprocessing
 
 
 def search_parts(runs: int, n: int = 10_000, d: int = 256) -> None:

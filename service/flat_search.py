@@ -85,18 +85,18 @@ class FlatView:
     the tensor views the index's storage, which the view keeps alive and nothing changes),
     with int8 copies for the first pass once the index is large enough."""
 
-    def __init__(
-        self, vectors: np.ndarray, ids: np.ndarray, min_values_two_pass: int = MIN_VALUES_TWO_PASS
-    ) -> None:
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray, min_values_two_pass: int | None = None) -> None:
         self.vectors = torch.from_numpy(vectors)  # (N, d) float32 view
         self.ids = ids  # (N,) int64: tile id of each row
-        two_pass = len(ids) > 0 and vectors.size >= min_values_two_pass and int8_product_available()
+        least = MIN_VALUES_TWO_PASS if min_values_two_pass is None else min_values_two_pass
+        two_pass = len(ids) > 0 and vectors.size >= least and int8_product_available()
         self.int8 = quantise_rows(self.vectors) if two_pass else None
         self.owner: Any = None  # what keeps `vectors` alive, if not the caller
 
     @classmethod
-    def of(cls, index: Any, min_values_two_pass: int = MIN_VALUES_TWO_PASS) -> FlatView | None:
-        """The view of an IDMap2 over a flat inner-product index, else None (IVF, HNSW...)."""
+    def of(cls, index: Any, min_values_two_pass: int | None = None) -> FlatView | None:
+        """The view of an IDMap2 over a flat inner-product index, else None (IVF, HNSW...).
+        Two passes from `min_values_two_pass` floats on (None: MIN_VALUES_TWO_PASS)."""
         outer = faiss.downcast_index(index)
         if not isinstance(outer, faiss.IndexIDMap2):
             return None

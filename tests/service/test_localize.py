@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+import service.flat_search
+from service.main import create_app
 from tests.service.conftest import PANO_TILE, PHOTO_TILE
 from tests.service.world import World, panorama_bytes, photo_bytes
 
@@ -103,3 +105,29 @@ def test_localize_json_format_wins_over_accept(client: TestClient) -> None:
     resp = client.post("/localize?format=json", files=files, headers={"Accept": "application/geo+json"})
     assert resp.headers["content-type"].startswith("application/json")
     assert "candidates" in resp.json()
+
+
+def test_localize_answers_the_same_with_the_two_pass_search(monkeypatch, world: World) -> None:
+    narrowed: list[int] = []  # candidates the int8 pass left, per query
+    first_pass = service.flat_search.FlatView._candidates
+
+    def spy(view: service.flat_search.FlatView, q, k: int):
+        out = first_pass(view, q, k)
+        narrowed.extend(len(rows) for rows in out if rows is not None)
+        return out
+
+    monkeypatch.setattr(service.flat_search.FlatView, "_candidates", spy)
+    answers: dict[str, list[list[tuple[int, float]]]] = {}
+    for least in (2**62, 0):  # one float32 pass; int8 first pass + float32 candidates
+        monkeypatch.setattr(service.flat_search, "MIN_VALUES_TWO_PASS", least)
+        with TestClient(create_app(world.settings())) as app_client:
+            assert app_client.get("/readyz").status_code == 200
+            assert (app_client.app.state.cvm.store.require().flat.int8 is not None) == (least == 0)
+            for name, data in (("q.png", panorama_bytes()), ("q.jpg", photo_bytes())):
+                cands = post(app_client, data, name, k=3).json()["candidates"]
+                answers.setdefault(name, []).append([(c["tile_id"], c["score"]) for c in cands])
+    # The 16-tile world: 3 best of 16, after scoring at most 4 in float32
+    assert len(narrowed) == 2 and all(3 <= n <= 4 for n in narrowed)
+    for one, two in answers.values():
+        assert [t for t, _ in two] == [t for t, _ in one]
+        assert [s for _, s in two] == pytest.approx([s for _, s in one], abs=1e-6)

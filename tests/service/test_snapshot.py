@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 import pytest
 
+import service.flat_search
 from indexer.db import make_engine
 from service.catalog import BuildInfo, Catalog
 from service.errors import IndexBuildError
@@ -138,10 +139,14 @@ def test_omp_threads_restores_after_an_error() -> None:
     assert _in_new_thread(scenario) == (1, 2)
 
 
-def test_loaded_snapshot_of_a_flat_build_searches_by_torch(fresh_world: World, catalog: Catalog) -> None:
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_loaded_snapshot_of_a_flat_build_searches_by_torch(
+    monkeypatch, fresh_world: World, catalog: Catalog, two_pass: bool
+) -> None:
+    monkeypatch.setattr(service.flat_search, "MIN_VALUES_TWO_PASS", 0 if two_pass else 2**62)
     build = _build(fresh_world, catalog)
     snap = load_snapshot(catalog, build, fresh_world.index_dir, fresh_world.weights_sha256, 256)
-    assert snap.flat is not None
+    assert snap.flat is not None and (snap.flat.int8 is not None) == two_pass
     q = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
     scores, ids = snap.search(q, 4)
     want_scores, want_ids = snap.index.search(q, 4)

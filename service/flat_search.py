@@ -1,10 +1,11 @@
 """Exact inner-product search of an `IDMap2,Flat` index by torch, in two passes.
 
-The search reads every vector once per query, so it is bound by memory bandwidth: on the 2-core
-development machine, right after a forward pass had pushed the index out of the caches, the
-float32 product over 10,000 x 1,024 took 1.5 ms, the same product over int8 copies of the
-vectors 0.6 ms (docs/benchmarks.md). So the first pass scores every vector with its int8 copy,
-and the second recomputes in float32 only the few whose float32 score could be among the k best:
+The search reads every vector once per query, so it is bound by memory bandwidth, and a request
+meets the index after its forward pass has pushed it out of the caches. So the first pass scores
+every vector with an int8 copy (a quarter of the bytes), and the second recomputes in float32 only
+the few whose float32 score could be among the k best. On the 2-core development machine, right
+after a forward pass: 10,000 x 1,024 in 0.9-1.1 ms instead of 1.1-1.5, 100,000 x 1,024 in 6.9-7.4
+ms instead of 15.2-15.4 (docs/benchmarks.md). Why the answer is the float32 one:
 
 * Every vector x is stored as s * c (c int8, one scale s for the index), the query q likewise as
   t * p. Then q.x - t s (p.c) = (t p).(x - s c) + (q - t p).x, so by Cauchy-Schwarz the int8
@@ -34,7 +35,7 @@ INT8_LEVELS = 127
 MIN_VALUES_TWO_PASS = 8 * 2**20
 # Past this share of the index as candidates, the second pass would cost more than scoring all.
 MAX_CANDIDATE_SHARE = 0.25
-_QUANTISE_CHUNK = 8192  # rows quantised at a time: bounds the float64 temporaries
+_QUANTISE_CHUNK = 2048  # rows quantised at a time: float64 temporaries of 16 MiB each at d=1,024
 _FLOAT32_EPS = 2.0**-24
 
 

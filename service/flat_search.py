@@ -22,6 +22,7 @@ A query whose candidates are not a small part of the index is simply scored in f
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,9 +77,15 @@ def quantise_rows(vectors: torch.Tensor) -> Int8Rows:
     return Int8Rows(torch.cat(codes), scale, max_error, max_norm)
 
 
+@functools.cache
 def int8_product_available() -> bool:
-    """Whether this torch multiplies int8 matrices into int32 (`torch._int_mm`)."""
-    return hasattr(torch, "_int_mm")
+    """Whether this torch multiplies int8 matrices into exact int32 sums on the CPU
+    (`torch._int_mm`, a private function: tried once rather than assumed)."""
+    try:
+        a = torch.tensor([[127, -127], [3, 5]], dtype=torch.int8)
+        return bool(torch.equal(torch._int_mm(a, a.T.contiguous()), a.int() @ a.int().T))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 class FlatView:

@@ -133,3 +133,21 @@ def test_ties_among_the_candidates_are_ordered_by_row() -> None:
     (rows,) = view._candidates(xb[7:8], 2)
     assert rows is not None and len(rows) < 0.25 * len(xb)
     assert view.search(xb[7:8], 3)[1].tolist() == [[7, 20, 150]]
+
+
+def test_without_an_int8_product_the_search_keeps_one_pass(monkeypatch) -> None:
+    import service.flat_search as flat_search
+
+    def missing(*args: object) -> torch.Tensor:
+        raise RuntimeError("_int_mm: not implemented for this device")
+
+    flat_search.int8_product_available.cache_clear()
+    monkeypatch.setattr(torch, "_int_mm", missing)
+    try:
+        assert not flat_search.int8_product_available()
+        xb = _unit(np.random.default_rng(5), 300, 16)
+        view = FlatView.of(_index(xb), min_values_two_pass=0)
+        assert view is not None and view.int8 is None
+        assert view.search(xb[:1], 2)[1][0, 0] == 0
+    finally:
+        flat_search.int8_product_available.cache_clear()

@@ -62,7 +62,10 @@ def quantise(x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor,
 
 def scale_of(x: torch.Tensor) -> float:
     """The scale that maps the largest |x| to 127 (1 for zeros)."""
-    peak = float(x.abs().max()) if x.numel() else 0.0
+    if not x.numel():
+        return 1.0
+    lowest, highest = torch.aminmax(x)  # no |x| copy of a large index
+    peak = max(-float(lowest), float(highest))
     return peak / INT8_LEVELS if peak > 0 else 1.0
 
 
@@ -97,7 +100,9 @@ class FlatView:
         self.vectors = torch.from_numpy(vectors)  # (N, d) float32 view
         self.ids = ids  # (N,) int64: tile id of each row
         least = MIN_VALUES_TWO_PASS if min_values_two_pass is None else min_values_two_pass
-        two_pass = len(ids) > 0 and vectors.size >= least and int8_product_available()
+        # int32 sums of d products of at most 127 * 127 must not overflow
+        fits = vectors.shape[1] * INT8_LEVELS**2 < 2**31
+        two_pass = len(ids) > 0 and vectors.size >= least and fits and int8_product_available()
         self.int8 = quantise_rows(self.vectors) if two_pass else None
         self.owner: Any = None  # what keeps `vectors` alive, if not the caller
 

@@ -258,7 +258,7 @@ def _optimizer(net: CVMNet, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _resume(cfg: TrainConfig, path: Path) -> tuple[CVMNet, torch.optim.Optimizer, RunState]:
-    loaded = load_checkpoint(path, device=cfg.device)
+    loaded = load_checkpoint(path, device=cfg.device, inference=False)
     saved = loaded.meta.get("train_config") or {}
     changed = [k for k in _RUN_IDENTITY if k in saved and _norm(saved[k]) != _norm(getattr(cfg, k))]
     if changed:

@@ -1,5 +1,6 @@
 """Process-level settings against the forward pass: glibc's allocator thresholds
-(`model.allocator`) and which threads hold torch's OpenMP pool (`service.torch_threads`).
+(`model.allocator`), which threads hold torch's OpenMP pool (`service.torch_threads`) and the
+weights' memory layout (`model.checkpoint.inference_layout`).
 
     .venv/bin/python scripts/bench_runtime.py [--weights W] [--threads 2] [--runs 60]
 
@@ -7,6 +8,8 @@ Each case runs in a fresh process: the shipped weights' ground branch (with thei
 on one prepared 616x112 query, batch 1, median of --runs forward passes after 10 warm-up passes,
 and the minor page faults per pass.
   allocator default / reuse_freed_memory: forward passes in the main thread only;
+  NCHW weights: reuse_freed_memory, the weights turned back from channels-last to the default
+      layout (as loaded before `inference_layout`);
   second thread with a pool: a live helper thread has run one matrix product with --threads
       threads before the main thread's passes (what loading the weights in a helper thread did);
   second thread single-threaded: the same helper, after `compute_single_threaded()`.
@@ -34,6 +37,8 @@ if case != "allocator default":
     reuse_freed_memory()
 claim_pool(threads)
 loc = Localizer.from_checkpoint(weights)
+if case == "NCHW weights":
+    loc.model.to(memory_format=torch.contiguous_format)
 img = np.random.default_rng(0).integers(0, 256, (112, 616, 3), dtype=np.uint8)
 x, *_ = loc.prepare(cv2.imencode(".jpg", img)[1].tobytes(), None)
 helper = ThreadPoolExecutor(1)
@@ -57,6 +62,7 @@ print(json.dumps({"ms": statistics.median(times) * 1000, "faults": faults, "view
 CASES = (
     "allocator default",
     "reuse_freed_memory",
+    "NCHW weights",
     "second thread with a pool",
     "second thread single-threaded",
 )

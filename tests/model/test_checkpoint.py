@@ -13,6 +13,7 @@ import model
 from model.checkpoint import (
     CheckpointError,
     file_sha256,
+    inference_layout,
     load_checkpoint,
     load_training_state,
     save_checkpoint,
@@ -40,8 +41,20 @@ def test_round_trip_rebuilds_identical_model(tmp_path, tiny_config, arch):
     assert loaded.meta["format"] == "cvm-geoloc/1" and loaded.meta["version"] == model.__version__
     assert loaded.meta["train_config"] == {"lr": 1e-4} and loaded.meta["metrics"] == {"r@1": 0.5}
     assert loaded.meta["created"].endswith("+00:00")
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], value, rtol=0, atol=0)
     with torch.no_grad():
-        for a, b in zip(net(grd, sat), loaded.model(grd, sat), strict=True):
+        # Loaded for inference, its convolutions run channels-last: the same up to rounding, and
+        # bitwise the same as the original in that layout.
+        loaded_out = loaded.model(grd, sat)
+        for a, b in zip(net(grd, sat), loaded_out, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for a, b in zip(inference_layout(net)(grd, sat), loaded_out, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        as_saved = load_checkpoint(path, inference=False).model
+        for a, b in zip(
+            net.to(memory_format=torch.contiguous_format)(grd, sat), as_saved(grd, sat), strict=True
+        ):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert [p.name for p in tmp_path.joinpath("sub").iterdir()] == ["m.pt"]  # no temp file left
 
@@ -122,3 +135,18 @@ def test_file_sha256_known_vector(tmp_path):
     path = tmp_path / "abc.bin"
     path.write_bytes(b"abc")  # FIPS 180-2 test vector
     assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_inference_layout_is_channels_last_and_files_stay_contiguous(tmp_path, tiny_config) -> None:
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model(tiny_config("cvm-net-i")))
+    loaded = load_checkpoint(path)
+    convs = [m.weight for m in loaded.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not all(w.is_contiguous() for w in convs)  # not merely 1x1 kernels, where both hold
+    training = load_checkpoint(path, inference=False).model
+    assert all(m.weight.is_contiguous() for m in training.modules() if isinstance(m, torch.nn.Conv2d))
+    # Saved again from the channels-last model, the weights are stored contiguous
+    save_checkpoint(tmp_path / "again.pt", loaded.model)
+    raw = torch.load(tmp_path / "again.pt", weights_only=True)["state_dict"]
+    assert all(v.is_contiguous() for v in raw.values())

@@ -4,7 +4,9 @@
                                             [--threads 2] [--repeats 5] [--train-batch 24]
 
 Randomly initialised weights (throughput does not depend on their values), eval mode, no_grad;
-one warm-up batch per branch, then the median of `repeats` timed batches.
+one warm-up batch per branch, then the median of `repeats` timed batches; each branch with the
+weights channels-last, as `load_checkpoint` keeps them for inference on the CPU, and in the
+default NCHW layout, in which training runs (its step is timed in that layout).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 import torch
 
 from model.allocator import reuse_freed_memory
+from model.checkpoint import inference_layout
 from model.config import ARCHS, PRESETS, preset_config
 from model.cvm_net import build_model
 from model.losses import weighted_soft_margin_loss
@@ -71,13 +74,19 @@ def main() -> None:
     grd = torch.randn(args.batch, 3, *prep.grd_size) * 50
     sat = torch.randn(args.batch, 3, prep.sat_size, prep.sat_size) * 50
     print(f"{args.arch} {args.preset} preset, batch {args.batch}, {torch.get_num_threads()} threads")
-    g = time_branch(net.embed_ground, grd, args.repeats)
-    print(f"ground    {prep.grd_size[0]}x{prep.grd_size[1]}: {g:8.1f} images/s")
-    s = time_branch(net.embed_satellite, sat, args.repeats)
-    print(f"satellite {prep.sat_size}x{prep.sat_size}: {s:8.1f} images/s")
+    for layout in ("channels-last (inference_layout)", "NCHW (as built and trained)"):
+        if layout.startswith("channels-last"):
+            inference_layout(net)
+        else:
+            net.to(memory_format=torch.contiguous_format)
+        print(f"weights {layout}:")
+        g = time_branch(net.embed_ground, grd, args.repeats)
+        print(f"  ground    {prep.grd_size[0]}x{prep.grd_size[1]}: {g:8.1f} images/s")
+        s = time_branch(net.embed_satellite, sat, args.repeats)
+        print(f"  satellite {prep.sat_size}x{prep.sat_size}: {s:8.1f} images/s")
     if args.train_batch:
         t = train_pairs_per_s(net, grd[: args.train_batch], sat[: args.train_batch], args.repeats)
-        print(f"training step, batch {args.train_batch}: {t:8.1f} pairs/s")
+        print(f"training step (NCHW), batch {args.train_batch}: {t:8.1f} pairs/s")
     total = sum(p.numel() for p in net.parameters())
     print(f"parameters: {total:,}")
 

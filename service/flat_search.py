@@ -50,13 +50,13 @@ class Int8Rows:
     max_norm: float  # max over rows of |x|
 
 
-def quantise(x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantise(x: torch.Tensor, scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(n, d) float -> codes round(x / scale) (n, d) int8, each row's |x - scale * codes| and each
-    row's |x| (float64). `scale` must be at least max |x| / 127."""
+    row's |x| (float64). `scale` (one, or (n, 1) per row) must be at least max |x| / 127."""
     x64 = x.double()
     norms = torch.linalg.vector_norm(x64, dim=1)
     codes = (x64 / scale).round_().clamp_(-INT8_LEVELS, INT8_LEVELS)
-    x64.add_(codes, alpha=-scale)  # the rounding error, in place
+    x64.sub_(codes * scale)  # the rounding error, in place
     return codes.to(torch.int8), torch.linalg.vector_norm(x64, dim=1), norms
 
 
@@ -170,17 +170,16 @@ def first_pass(index: Int8Rows, q: np.ndarray) -> tuple[torch.Tensor, np.ndarray
     """Int8 scores of (n, d) finite float32 queries against every row: (N, n) int32 products of
     the codes, and per query the margin in those units within which the int8 ranking may
     differ from the exact one (twice the bound B of the module's docstring, over t * s)."""
-    q64 = q.astype(np.float64)
-    scale = np.abs(q64).max(axis=1) / INT8_LEVELS
-    scale[scale == 0] = 1.0
-    codes = np.clip(np.rint(q64 / scale[:, None]), -INT8_LEVELS, INT8_LEVELS)
-    error = np.sqrt(((q64 - codes * scale[:, None]) ** 2).sum(axis=1))
-    code_norm = np.sqrt((codes**2).sum(axis=1)) * scale
+    q64 = torch.from_numpy(q).double()
+    peak = q64.abs().amax(dim=1)
+    scale = torch.where(peak > 0, peak / INT8_LEVELS, torch.ones_like(peak))
+    codes, error, q_norm = quantise(q64, scale[:, None])
+    code_norm = torch.linalg.vector_norm(codes.double(), dim=1) * scale
     # |q.x - t s (p.c)| <= |t p| max|x - s c| + |q - t p| max|x|, plus float32 rounding
     bound = code_norm * index.max_error + error * index.max_norm
-    bound += 2.0 * _gamma(q.shape[1]) * np.sqrt((q64**2).sum(axis=1)) * index.max_norm
-    products = torch._int_mm(index.codes, torch.from_numpy(np.ascontiguousarray(codes.T, dtype=np.int8)))
-    return products, np.ceil(2.0 * bound / (scale * index.scale))
+    bound += 2.0 * _gamma(q.shape[1]) * q_norm * index.max_norm
+    products = torch._int_mm(index.codes, codes.T.contiguous())
+    return products, torch.ceil(2.0 * bound / (scale * index.scale)).numpy()
 
 
 def _gamma(d: int) -> float:

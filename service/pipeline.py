@@ -75,7 +75,9 @@ def run_batch(localizer: Localizer, queries: Sequence[Query]) -> list[Match]:
     t0 = time.perf_counter()
     # A lone query needs no concatenated copy of its input.
     x = queries[0].x if len(queries) == 1 else torch.cat([q.x for q in queries])
-    photo = torch.tensor([q.photo for q in queries for _ in range(len(q.x))])
+    kinds = [q.photo for q in queries for _ in range(len(q.x))]
+    # A mask only when the batch mixes kinds: one flag keeps describe_ground on its single mean.
+    photo: bool | torch.Tensor = kinds[0] if len(set(kinds)) == 1 else torch.tensor(kinds)
     emb = localizer.embed(x, photo)
     forward_s = time.perf_counter() - t0
     ends = np.cumsum([len(q.x) for q in queries])  # query i owns rows ends[i] - m .. ends[i]

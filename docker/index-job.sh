@@ -14,9 +14,9 @@ if [ "${1:-}" = "--if-empty" ]; then
         exit 0
     fi
     active="$(python - <<'PY'
-from indexer.catalog import get_active_build
-from indexer.db import make_engine, session_scope
-from indexer.settings import Settings
+from storage.catalog import get_active_build
+from storage.db import make_engine, session_scope
+from storage.settings import Settings
 
 engine = make_engine(Settings().database_url)
 with session_scope(engine) as session:

@@ -55,7 +55,7 @@ $pip install --no-cache-dir $offline -r /tmp/requirements.txt setuptools wheel
 mkdir -p "$APP"
 cp "$WHEELS/pyproject.toml" "$APP/"
 touch "$APP/README.md"
-for pkg in model indexer service; do mkdir -p "$APP/$pkg" && touch "$APP/$pkg/__init__.py"; done
+for pkg in model synth storage indexer service cli; do mkdir -p "$APP/$pkg" && touch "$APP/$pkg/__init__.py"; done
 # shellcheck disable=SC2086
 $pip install --no-cache-dir --no-deps --no-build-isolation -e "$APP"
 rm -rf "$APP" /tmp/requirements.txt

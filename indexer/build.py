@@ -30,8 +30,6 @@ import torch
 from sqlalchemy import Engine, select
 from tqdm import tqdm
 
-from indexer import catalog
-from indexer.db import session_scope
 from indexer.embed import (
     Chip,
     Embedder,
@@ -46,10 +44,12 @@ from indexer.embed import (
     write_shard,
 )
 from indexer.errors import InputRejected, UsageError
-from indexer.models import Build
 from indexer.sources import RasterInfo, inspect_raster, resolve_inputs
 from indexer.tiles import ChipReader, plan_csv, plan_raster
 from model.checkpoint import LoadedModel
+from storage import catalog
+from storage.db import session_scope
+from storage.models import Build
 
 DEFAULT_TILE_M = 70.0
 

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from indexer.errors import IndexerError, UsageError
-from indexer.settings import Settings
 from model.allocator import reuse_freed_memory
+from storage.errors import BuildNotFound, StorageError
+from storage.settings import Settings
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -100,10 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from(args)
         return int(getattr(commands, f"cmd_{args.command}")(args, settings))
-    except UsageError as exc:
+    except (UsageError, BuildNotFound) as exc:
         print(f"cvm-index: error: {exc}", file=sys.stderr)
         return 2
-    except IndexerError as exc:
+    except (IndexerError, StorageError) as exc:
         print(f"cvm-index: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:

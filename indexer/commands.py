@@ -13,13 +13,13 @@ from typing import IO, Any
 
 from sqlalchemy import Engine
 
-from indexer import catalog
 from indexer.build import BuildOptions, default_read_threads
-from indexer.db import make_engine, session_scope, upgrade
-from indexer.models import Build, Tile
 from indexer.runner import BuildReport, run_build
-from indexer.settings import Settings
 from indexer.verify import verify_build
+from storage import catalog
+from storage.db import make_engine, session_scope, upgrade
+from storage.models import Build, Tile
+from storage.settings import Settings
 
 
 @contextmanager

@@ -1,4 +1,7 @@
-"""Errors of the indexer. Each message names the file or build it is about."""
+"""Errors of the indexer. Each message names the file or build it is about.
+
+Storage failures (`storage.errors`) are reported the same way by the command line.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +16,3 @@ class InputRejected(IndexerError):
 
 class UsageError(IndexerError):
     """Bad arguments or nothing usable to do (exit code 2)."""
-
-
-class BuildNotFound(UsageError):
-    """No build with the given id (or no active build)."""
-
-
-class IndexMismatch(IndexerError):
-    """index.faiss and index_meta.json (or the catalogue) disagree."""

@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from indexer import catalog, faiss_index
 from indexer.build import BuildContext
-from indexer.db import session_scope
 from indexer.embed import NODATA, OK, Shard, load_shard, shard_files
 from indexer.errors import IndexerError
-from indexer.models import Tile
+from storage import catalog, faiss_index
+from storage.db import session_scope
+from storage.models import Tile
 
 
 @dataclass(frozen=True)

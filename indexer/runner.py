@@ -12,12 +12,12 @@ import faiss
 import torch
 
 from indexer import build as stages
-from indexer import catalog
-from indexer.db import make_engine, session_scope, upgrade
 from indexer.errors import UsageError
 from indexer.publish import merge_stage
-from indexer.settings import Settings
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from storage import catalog
+from storage.db import make_engine, session_scope, upgrade
+from storage.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_NOTHING, EXIT_PARTIAL = 0, 1, 2, 3
 

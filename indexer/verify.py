@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from sqlalchemy import Engine, select
 
-from indexer import catalog, faiss_index
-from indexer.db import session_scope
 from indexer.embed import OK, Embedder, TileTask, read_chip
-from indexer.errors import IndexerError
-from indexer.models import Build, Tile
 from indexer.sources import RasterInfo
 from indexer.tiles import ChipReader
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from storage import catalog, faiss_index
+from storage.db import session_scope
+from storage.errors import StorageError
+from storage.models import Build, Tile
 
 
 @dataclass
@@ -71,7 +71,7 @@ def verify_build(
         return report
     try:
         index, meta = faiss_index.read_index(Path(str(build.index_path)))
-    except IndexerError as exc:
+    except StorageError as exc:
         report.add("index readable", False, str(exc))
         return report
     report.add("index readable", True, f"{meta['factory']}, {index.ntotal} vectors of {index.d} dims")

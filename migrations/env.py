@@ -1,7 +1,7 @@
 """Alembic environment of the catalogue.
 
-The URL comes, in order, from a connection or URL handed over by `indexer.db.upgrade`, from
-`sqlalchemy.url` in the ini file, and otherwise from CVM_DATABASE_URL (indexer.settings).
+The URL comes, in order, from a connection or URL handed over by `storage.db.upgrade`, from
+`sqlalchemy.url` in the ini file, and otherwise from CVM_DATABASE_URL (storage.settings).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from indexer.models import Base
+from storage.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -25,7 +25,7 @@ def _url() -> str:
     url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
     if url:
         return str(url)
-    from indexer.settings import Settings
+    from storage.settings import Settings
 
     return Settings().database_url
 
@@ -53,7 +53,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from indexer.db import make_engine
+    from storage.db import make_engine
 
     engine = make_engine(_url())
     try:

@@ -21,16 +21,16 @@ import rasterio
 import torch
 from rasterio.transform import Affine
 
-from indexer import faiss_index as fi
 from indexer.build import BuildOptions, default_read_threads
-from indexer.catalog import get_build
-from indexer.db import make_engine, session_scope
 from indexer.runner import run_build
-from indexer.settings import Settings
 from model.allocator import reuse_freed_memory
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import preset_config
 from model.cvm_net import build_model
+from storage import faiss_index as fi
+from storage.catalog import get_build
+from storage.db import make_engine, session_scope
+from storage.settings import Settings
 
 
 def make_raster(path: Path, size: int, gsd: float = 0.55) -> None:

@@ -123,10 +123,10 @@ def make_catalogue(tmp: Path, weights: Path, n_tiles: int, dim: int) -> str:
     """SQLite catalogue with one active build of n_tiles tiles and its flat index; returns the URL."""
     import faiss
 
-    from indexer.catalog import activate, insert_tiles
-    from indexer.db import make_engine, session_scope, upgrade
-    from indexer.models import Build
     from model.checkpoint import file_sha256
+    from storage.catalog import activate, insert_tiles
+    from storage.db import make_engine, session_scope, upgrade
+    from storage.models import Build
 
     url, sha = f"sqlite:///{tmp / 'bench.db'}", file_sha256(weights)
     upgrade(url)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.synth import SynthOptions, synthesize  # noqa: E402
+from synth import SynthOptions, synthesize  # noqa: E402
 
 
 def main() -> int:

@@ -58,9 +58,9 @@ def ensure_world() -> None:
 
 def active_build_matches(weights_sha256: str) -> int | None:
     """Id of the active build when it was made with these weights, else None."""
-    from indexer.catalog import get_active_build
-    from indexer.db import make_engine, session_scope, upgrade
-    from indexer.settings import Settings
+    from storage.catalog import get_active_build
+    from storage.db import make_engine, session_scope, upgrade
+    from storage.settings import Settings
 
     url = Settings().database_url
     upgrade(url)

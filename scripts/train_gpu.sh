@@ -19,7 +19,7 @@ EXTENT=${EXTENT:-1400}
 DEVICE=${DEVICE:-cuda}          # cpu only to try the script out on a small scale
 W=${WORK:-/tmp/cvm-gpu}/worlds
 R=${WORK:-/tmp/cvm-gpu}/runs
-CVM=("$PY" -m model.cli)
+CVM=("$PY" -m cli.main)
 start=$(date +%s)
 mkdir -p "$W" "$R" "$OUT"
 

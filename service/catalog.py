@@ -1,4 +1,4 @@
-"""Read-only access to the catalogue (builds and tiles tables of `indexer.models`).
+"""Read-only access to the catalogue (builds and tiles tables of `storage.models`).
 
 Rows are copied into frozen dataclasses so nothing outside this module holds a session.
 """
@@ -13,9 +13,9 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from indexer.catalog import get_active_build
-from indexer.models import Build, Tile
 from service.errors import CatalogUnavailable
+from storage.catalog import get_active_build
+from storage.models import Build, Tile
 
 
 @dataclass(frozen=True, slots=True)

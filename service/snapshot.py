@@ -16,11 +16,11 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.errors import IndexMismatch
-from indexer.faiss_index import read_index
 from service.catalog import BuildInfo, Catalog, TilePlace
 from service.errors import IndexBuildError
 from service.flat_search import FlatView
+from storage.errors import IndexMismatch
+from storage.faiss_index import read_index
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from indexer.settings import Settings
+from storage.settings import Settings
 
 
 class ServiceSettings(Settings):

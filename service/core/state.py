@@ -14,7 +14,6 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from indexer.db import make_engine
 from model.allocator import reuse_freed_memory
 from model.weights import default_weights_path
 from service.catalog import Catalog
@@ -25,6 +24,7 @@ from service.pipeline import LocalizationService
 from service.snapshot import set_search_threads
 from service.store import SnapshotStore
 from service.torch_threads import compute_single_threaded
+from storage.db import make_engine
 
 log = logging.getLogger("service")
 

@@ -15,14 +15,14 @@ import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from indexer import catalog
 from indexer.cli import main
-from indexer.db import make_engine, session_scope
-from indexer.faiss_index import read_index
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import Preprocessing
 from model.transforms import prepare_satellite
 from model.views import set_inference_options
+from storage import catalog
+from storage.db import make_engine, session_scope
+from storage.faiss_index import read_index
 
 
 def run(db_url: str, index_dir: Path, *args: str) -> int:

@@ -14,11 +14,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import IntegrityError
 
-from indexer import catalog
 from indexer.build import BuildContext, shard_tasks
-from indexer.db import downgrade, make_engine, session_scope, upgrade
-from indexer.errors import BuildNotFound, IndexerError
-from indexer.models import Base, Build
+from storage import catalog
+from storage.db import downgrade, make_engine, session_scope, upgrade
+from storage.errors import BuildNotFound, DatabaseError
+from storage.models import Base, Build
 
 
 def _build(**kw: object) -> Build:
@@ -153,7 +153,7 @@ def test_deleting_a_build_cascades_to_its_tiles(db_url: str) -> None:
 
 
 def test_upgrade_unreachable_database_names_it() -> None:
-    with pytest.raises(IndexerError, match="cannot reach the database") as info:
+    with pytest.raises(DatabaseError, match="cannot reach the database") as info:
         upgrade("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
     assert "127.0.0.1:1/none" in str(info.value) and "secret" not in str(info.value)
 

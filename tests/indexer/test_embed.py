@@ -16,16 +16,16 @@ import torch
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from indexer import catalog
 from indexer.cli import main
-from indexer.db import make_engine, session_scope
 from indexer.embed import FAILED, NODATA, OK, TileTask, read_run, tile_runs
-from indexer.faiss_index import read_index
 from indexer.sources import inspect_raster, to_uint8
 from indexer.tiles import ChipReader, plan_raster
 from model.checkpoint import load_checkpoint
 from model.config import preset_config
 from model.transforms import normalise_batch, prepare_satellite
+from storage import catalog
+from storage.db import make_engine, session_scope
+from storage.faiss_index import read_index
 from tests.indexer.conftest import write_geotiff
 
 PREP = preset_config("cvm-net-i", "cpu").preprocessing  # 128 px input, BGR, Caffe means

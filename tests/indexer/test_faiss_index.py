@@ -9,9 +9,9 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import faiss_index as fi
-from indexer.errors import IndexMismatch
-from indexer.settings import Settings
+from storage import faiss_index as fi
+from storage.errors import IndexMismatch
+from storage.settings import Settings
 
 
 def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:

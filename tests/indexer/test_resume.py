@@ -13,10 +13,10 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import catalog
 from indexer.cli import main
-from indexer.db import make_engine, session_scope
-from indexer.faiss_index import read_index
+from storage import catalog
+from storage.db import make_engine, session_scope
+from storage.faiss_index import read_index
 from tests.conftest import REPO_ROOT
 
 

@@ -1,5 +1,5 @@
 """Descriptor centring: the stored means are subtracted per view, checkpoints keep them, and
-scripts/center_weights.py measures them as the mean of the view descriptors."""
+`cvm center-weights` measures them as the mean of the view descriptors."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cli.main import main as cvm_main
 from model.centering import clear_centers, has_centers, set_centers
 from model.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
-from model.cli import main as cvm_main
 from model.cvm_net import build_model
 from model.evaluate import open_eval_dataset
 from model.views import ground_view, satellite_view, set_inference_options, view_transforms
@@ -25,7 +25,7 @@ D = TINY.out_dim
 
 
 def _center_weights(*args: object) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(REPO / "scripts/center_weights.py"), *map(str, args)]
+    cmd = [sys.executable, "-m", "cli.main", "center-weights", *map(str, args)]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
@@ -134,7 +134,7 @@ def test_center_weights_script_measures_the_mean_view_descriptor(tmp_path: Path)
     save_checkpoint(tmp_path / "w.pt", net)
     cmd = [
         sys.executable,
-        str(REPO / "scripts/center_weights.py"),
+        "-m", "cli.main", "center-weights",
         str(tmp_path / "w.pt"),
         str(tmp_path / "c.pt"),
     ]
@@ -176,7 +176,7 @@ def test_center_weights_script_names_a_missing_world(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "w.pt", build_model(TINY))
     cmd = [
         sys.executable,
-        str(REPO / "scripts/center_weights.py"),
+        "-m", "cli.main", "center-weights",
         str(tmp_path / "w.pt"),
         str(tmp_path / "c.pt"),
     ]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from cli.main import main as cvm_main
 from model.checkpoint import save_checkpoint
-from model.cli import main as cvm_main
 from model.config import ModelConfig, Preprocessing
 from model.cvm_net import build_model
 from model.data import DatasetError

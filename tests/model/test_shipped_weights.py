@@ -12,9 +12,9 @@ import pytest
 
 from model.checkpoint import load_checkpoint
 from model.evaluate import evaluate_model, open_eval_dataset
-from model.synth.geo import DEFAULT_ORIGIN
-from model.synth.writer import SynthOptions, synthesize
 from model.weights import default_weights_path
+from synth.geo import DEFAULT_ORIGIN
+from synth.writer import SynthOptions, synthesize
 
 HELD_OUT_SEED = 4242
 PAIRS = 200

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from model.commands import summary as summary_cmd
+from cli import summary as summary_cmd
 from model.config import preset_config
 from model.summary import summarize
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset
 
+from cli.main import main as cvm_main
 from model.centering import has_centers, set_centers
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.cli import main as cvm_main
 from model.config import ModelConfig, Preprocessing
 from model.cvm_net import build_model
 from model.train import StepInfo, TrainConfig, TrainError, build_train_dataset, make_train_config, train

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service import cli_localize, cli_serve
+from cli import localize as cli_localize
+from cli import serve as cli_serve
 from tests.service.conftest import PANO_TILE, PHOTO_TILE
 from tests.service.world import World, make_world, panorama_bytes, photo_bytes
 

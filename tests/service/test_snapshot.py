@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import service.flat_search
-from indexer.db import make_engine
 from service.catalog import BuildInfo, Catalog
 from service.errors import IndexBuildError
 from service.snapshot import (
@@ -23,6 +22,7 @@ from service.snapshot import (
     resolve_index_dir,
     set_search_threads,
 )
+from storage.db import make_engine
 from tests.service.world import World, write_index
 
 T = TypeVar("T")

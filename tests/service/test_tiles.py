@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from indexer.db import make_engine, session_scope
-from indexer.models import Tile
 from service.main import create_app
+from storage.db import make_engine, session_scope
+from storage.models import Tile
 from tests.service.world import EPSG, GSD_M, TILE_PX, World, tile_colour
 
 

@@ -21,14 +21,14 @@ from affine import Affine
 from PIL import Image
 from pyproj import Transformer
 
-from indexer.catalog import activate, insert_tiles
-from indexer.db import make_engine, session_scope, upgrade
-from indexer.models import Build
 from model.checkpoint import file_sha256, save_checkpoint
 from model.config import preset_config
 from model.cvm_net import CVMNet, build_model
 from model.transforms import load_image_rgb, prepare_ground, prepare_photo
 from service.core.config import ServiceSettings
+from storage.catalog import activate, insert_tiles
+from storage.db import make_engine, session_scope, upgrade
+from storage.models import Build
 
 EPSG = 32633  # UTM 33N: near 45 N, 15 E, so a swapped lat/lon is obvious
 ORIGIN = (500_000.0, 5_000_000.0)  # top-left corner, metres

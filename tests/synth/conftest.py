@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from model.synth import SynthOptions, SynthResult, synthesize
+from synth import SynthOptions, SynthResult, synthesize
 
 SMALL = {"extent_m": 300.0, "pairs": 12, "origin": (47.37, 8.54)}
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from model.cli import main as cvm_main
-from model.synth import SynthOptions, SynthResult, synthesize
+from cli.main import main as cvm_main
+from synth import SynthOptions, SynthResult, synthesize
 from tests.synth.conftest import SMALL
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import rasterio
 from pyproj import Transformer
 
-from model.synth import SynthResult
+from synth import SynthResult
 
 ID_RE = re.compile(r"^\d{7}$")
 

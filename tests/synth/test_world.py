@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from pyproj import Transformer
 
-from model.synth import SynthResult
-from model.synth import layout as L
-from model.synth.geo import WorldFrame, parse_origin, utm_epsg
-from model.synth.ortho import cast_shadows
-from model.synth.pairs import aerial_crop
-from model.synth.panorama import PANO_SIZE, Sky, render_panorama, render_photo
-from model.synth.sampling import plan_split
-from model.synth.world import World, generate_world
+from synth import SynthResult
+from synth import layout as L
+from synth.geo import WorldFrame, parse_origin, utm_epsg
+from synth.ortho import cast_shadows
+from synth.pairs import aerial_crop
+from synth.panorama import PANO_SIZE, Sky, render_panorama, render_photo
+from synth.sampling import plan_split
+from synth.world import World, generate_world
 
 SKY = Sky(horizon=(200.0, 210.0, 220.0), zenith=(100.0, 140.0, 210.0), haze_m=1e6, clouds=0.0)
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from model.synth.geo import DEFAULT_ORIGIN, parse_origin
+from synth.geo import DEFAULT_ORIGIN, parse_origin
 
 HELP = "generate a synthetic cross-view world: orthophoto GeoTIFF, panoramas, photos, CVUSA layout"
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.synth.writer import SynthOptions, print_progress, synthesize
+    from synth.writer import SynthOptions, print_progress, synthesize
 
     try:
         opts = SynthOptions(

@@ -42,8 +42,6 @@ def _print_table(result: LocalizeResult) -> None:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from indexer.db import make_engine
-    from indexer.errors import IndexerError
     from model.checkpoint import CheckpointError
     from service.catalog import Catalog
     from service.core.config import ServiceSettings
@@ -54,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from service.snapshot import set_search_threads
     from service.store import SnapshotStore
     from service.torch_threads import claim_pool
+    from storage.db import make_engine
+    from storage.errors import StorageError
 
     try:
         data = args.photo.read_bytes()
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         store.refresh()
         claim_pool(settings.torch_threads)  # one thread does it all here
         result = localize_once(localizer, store.require(), data, args.k, args.kind)
-    except (ServiceError, CheckpointError, FileNotFoundError, IndexerError, ValidationError) as exc:
+    except (ServiceError, CheckpointError, FileNotFoundError, StorageError, ValidationError) as exc:
         print(f"cvm localize: {args.photo}: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.synth import layout as L
-from model.synth import textures
+from synth import layout as L
+from synth import textures
 
 if TYPE_CHECKING:
-    from model.synth.world import World
+    from synth.world import World
 
 FREE = (L.GRASS, L.BARE)
 
@@ -178,7 +178,7 @@ def _stamp(
 
 def populate(world: World, roads: list[L.Road], lots: list[Rect], rng: np.random.Generator) -> None:
     """Add every object to the world: buildings first, then trees, forest, cars."""
-    from model.synth import buildings, vegetation  # local: these modules import this one
+    from synth import buildings, vegetation  # local: these modules import this one
 
     density = textures.value_noise((64, 64), 12.0, rng, 2)
     buildings.place_buildings(world, roads, density, rng)

@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model.synth import appearance
-from model.synth.geo import WorldFrame
-from model.synth.panorama import render_panorama, render_photo
-from model.synth.world import World
+from synth import appearance
+from synth.geo import WorldFrame
+from synth.panorama import render_panorama, render_photo
+from synth.world import World
 
 AERIAL_M = 70.0
 AERIAL_PX = 256

@@ -9,7 +9,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from model.synth.world import World
+from synth.world import World
 
 AMBIENT_RGB = np.array([0.50, 0.54, 0.62], dtype=np.float32)  # sky light, bluish in shadows
 DIRECT_RGB = np.array([0.80, 0.76, 0.68], dtype=np.float32)  # warm sunlight

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.synth import layout as L
-from model.synth import textures
-from model.synth.objects import Rect, _stamp, beside, inside, is_free, rect_patch, road_frames
+from synth import layout as L
+from synth import textures
+from synth.objects import Rect, _stamp, beside, inside, is_free, rect_patch, road_frames
 
 if TYPE_CHECKING:
-    from model.synth.world import World
+    from synth.world import World
 
 
 def _density_at(density: np.ndarray, world: World, point: np.ndarray) -> float:

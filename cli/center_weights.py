@@ -1,14 +1,15 @@
-"""Measure the mean ground, satellite and photo view descriptors of a checkpoint on training worlds
-and write a copy whose descriptors are centred with them (`model.centering`, docs/model.md).
+"""`cvm center-weights`: measure the mean ground, satellite and photo view descriptors of a
+checkpoint on training worlds and write a copy whose descriptors are centred with them
+(`model.centering`, docs/model.md).
 
-    .venv/bin/python scripts/center_weights.py SRC DST --data runs/worlds/i-3000 [--data ...] \
+    .venv/bin/cvm center-weights SRC DST --data runs/worlds/i-3000 [--data ...] \
         [--split train] [--batch-size 64]
 
 Measure on worlds the weights were trained on, never on a world an evaluation reports. The means
 average every image of the split over all eight scene transforms (`model.views`), so they hold
 for any view count; the weights themselves are unchanged. Photos are those of the worlds'
 ground.csv, prepared with the checkpoint's preprocessing (set `pano_elevation_deg` first:
-`export_weights.py --pano-elevation`); without photos, photos are centred with the panoramas' mean.
+`cvm export-weights --pano-elevation`); without photos, photos are centred with the panoramas' mean.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ def photo_descriptors(
     return out
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+HELP = "centre a checkpoint's descriptors with their means measured on training worlds"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path, help="checkpoint to centre")
     p.add_argument("dst", type=Path, help="where to write the centred checkpoint")
     p.add_argument(
@@ -70,11 +73,13 @@ def main() -> int:
         "--split", choices=("train", "val"), default="train", help="split of each world to measure"
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    args = p.parse_args()
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_checkpoint(args.src)
     except CheckpointError as exc:
-        print(f"center_weights: {exc}", file=sys.stderr)
+        print(f"cvm center-weights: {exc}", file=sys.stderr)
         return 1
     net, views = loaded.model, loaded.config.preprocessing.views
     clear_centers(net)
@@ -89,7 +94,7 @@ def main() -> int:
             photos.extend(photo_descriptors(net, world, loaded.config.preprocessing, args))
             print(f"{world}: {len(emb.index)} pairs", flush=True)
     except DatasetError as exc:
-        print(f"center_weights: {exc}", file=sys.stderr)
+        print(f"cvm center-weights: {exc}", file=sys.stderr)
         return 1
     g_mean = mean_view_descriptors(np.concatenate(grd), MEASURE_VIEWS)
     s_mean = mean_view_descriptors(np.concatenate(sat), MEASURE_VIEWS)
@@ -120,7 +125,3 @@ def main() -> int:
         )
     print(f"wrote {args.dst} (sha256 {file_sha256(args.dst)})")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

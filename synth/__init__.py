@@ -3,6 +3,6 @@
 Entry points: `synthesize(SynthOptions(...))` and the `cvm synth` command.
 """
 
-from model.synth.writer import SynthOptions, SynthResult, synthesize
+from synth.writer import SynthOptions, SynthResult, synthesize
 
 __all__ = ["SynthOptions", "SynthResult", "synthesize"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from model.synth.panorama import Sky
+from synth.panorama import Sky
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""scripts/average_weights.py and scripts/export_weights.py, run as a user runs them."""
+"""`cvm average-weights` and `cvm export-weights`, run as a user runs them."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _script(name: str, *args: object) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(REPO / "scripts" / name), *map(str, args)]
+    cmd = [sys.executable, "-m", "cli.main", name, *map(str, args)]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
@@ -35,7 +35,7 @@ def test_average_of_checkpoints_is_the_mean_of_every_tensor(tmp_path: Path) -> N
         paths.append(tmp_path / f"{seed}.pt")
         save_checkpoint(paths[-1], net)
         states.append(net.state_dict())
-    done = _script("average_weights.py", *paths, "--out", tmp_path / "soup.pt")
+    done = _script("average-weights", *paths, "--out", tmp_path / "soup.pt")
     assert done.returncode == 0, done.stderr
     soup = load_checkpoint(tmp_path / "soup.pt").model.state_dict()
     for key, value in soup.items():
@@ -48,7 +48,7 @@ def test_average_refuses_other_architectures(tmp_path: Path) -> None:
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "a.pt", build_model(TINY))
     save_checkpoint(tmp_path / "b.pt", build_model(replace(TINY, out_dim=8)))
-    done = _script("average_weights.py", tmp_path / "a.pt", tmp_path / "b.pt", "--out", tmp_path / "s.pt")
+    done = _script("average-weights", tmp_path / "a.pt", tmp_path / "b.pt", "--out", tmp_path / "s.pt")
     assert done.returncode != 0 and "b.pt" in done.stderr
     assert not (tmp_path / "s.pt").exists()
 
@@ -62,7 +62,7 @@ def test_export_records_inference_options_and_keeps_weights(
     save_checkpoint(tmp_path / "run.pt", net)
     out = tmp_path / "shipped.pt"
     args = ["--views", views, "--photo-headings", headings, "--lineage", "test"]
-    done = _script("export_weights.py", tmp_path / "run.pt", out, *args)
+    done = _script("export-weights", tmp_path / "run.pt", out, *args)
     assert done.returncode == 0, done.stderr
     shipped = load_checkpoint(out)
     prep = shipped.config.preprocessing
@@ -72,7 +72,7 @@ def test_export_records_inference_options_and_keeps_weights(
         assert torch.equal(shipped.model.state_dict()[key], value)
 
 
-@pytest.mark.parametrize("name", ["average_weights.py", "export_weights.py"])
+@pytest.mark.parametrize("name", ["average-weights", "export-weights"])
 def test_unreadable_checkpoint_is_named_without_a_traceback(tmp_path: Path, name: str) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
@@ -97,7 +97,7 @@ def test_average_drops_descriptor_means(tmp_path: Path) -> None:
         set_inference_options(net, centered=True)
         paths.append(tmp_path / f"{seed}.pt")
         save_checkpoint(paths[-1], net)
-    done = _script("average_weights.py", *paths, "--out", tmp_path / "soup.pt")
+    done = _script("average-weights", *paths, "--out", tmp_path / "soup.pt")
     assert done.returncode == 0, done.stderr
     soup = load_checkpoint(tmp_path / "soup.pt")
     # Means measured for each input do not describe the average: none, and not centred.

@@ -20,7 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.errors import IndexMismatch
+from storage.errors import IndexMismatch
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""Export a training checkpoint as shippable weights: same model, config and preprocessing,
-without the optimiser/RNG state, with the training lineage and held-out metrics recorded.
+"""`cvm export-weights`: export a training checkpoint as shippable weights: same model, config
+and preprocessing, without the optimiser/RNG state, with the training lineage and held-out metrics recorded.
 
-    .venv/bin/python scripts/export_weights.py RUN/last.pt model/weights/cvm-net-i-cpu.pt \
+    .venv/bin/cvm export-weights RUN/last.pt model/weights/cvm-net-i-cpu.pt \
         [--metrics metrics.json] [--lineage "A: ...; B: ..."] [--photo-headings N] [--views V] \
         [--pano-elevation TOP,BOTTOM]
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
@@ -32,8 +33,10 @@ def _elevation_span(text: str) -> tuple[float, float]:
     return top, bottom
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+HELP = "export a training checkpoint as shippable weights (test-time options, lineage, metrics)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path, help="checkpoint written by `cvm train`")
     p.add_argument("dst", type=Path, help="where to write the exported weights")
     p.add_argument("--metrics", type=Path, help="JSON file of evaluation metrics to store with them")
@@ -47,11 +50,14 @@ def main() -> None:
         help="elevation (degrees) of the training panoramas' first and last rows, for reprojecting "
         "ordinary photos (default: keep)",
     )
-    args = p.parse_args()
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_checkpoint(args.src)
     except CheckpointError as exc:
-        raise SystemExit(f"export_weights: {exc}") from exc
+        print(f"cvm export-weights: {exc}", file=sys.stderr)
+        return 1
     try:
         set_inference_options(
             loaded.model,
@@ -60,15 +66,17 @@ def main() -> None:
             pano_elevation_deg=args.pano_elevation,
         )
     except ValueError as exc:
-        raise SystemExit(f"export_weights: {exc}") from exc
+        print(f"cvm export-weights: {exc}", file=sys.stderr)
+        return 2
     train_config = dict(loaded.meta.get("train_config") or {})
     if args.lineage:
         train_config["lineage"] = args.lineage
-    metrics = json.loads(args.metrics.read_text()) if args.metrics else loaded.meta.get("metrics")
+    try:
+        metrics = json.loads(args.metrics.read_text()) if args.metrics else loaded.meta.get("metrics")
+    except (OSError, ValueError) as exc:
+        print(f"cvm export-weights: {args.metrics}: cannot read the metrics ({exc})", file=sys.stderr)
+        return 2
     save_checkpoint(args.dst, loaded.model, train_config=train_config, metrics=metrics)
     size_mb = args.dst.stat().st_size / 1e6
     print(f"wrote {args.dst} ({size_mb:.1f} MB, sha256 {file_sha256(args.dst)})")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

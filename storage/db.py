@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session
 
-from indexer.errors import IndexerError
+from storage.errors import DatabaseError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
@@ -26,7 +26,7 @@ def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise IndexerError(f"invalid database URL {url!r}: {exc}") from None
+        raise DatabaseError(f"invalid database URL {url!r}: {exc}") from None
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
@@ -82,7 +82,7 @@ def _migrate(url: str, revision: str, *, up: bool) -> None:
     from alembic import command
 
     if not MIGRATIONS_DIR.is_dir():
-        raise IndexerError(f"Alembic migrations not found at {MIGRATIONS_DIR}")
+        raise DatabaseError(f"Alembic migrations not found at {MIGRATIONS_DIR}")
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
@@ -90,7 +90,7 @@ def _migrate(url: str, revision: str, *, up: bool) -> None:
             cfg.attributes["connection"] = connection
             (command.upgrade if up else command.downgrade)(cfg, revision)
     except OperationalError as exc:
-        raise IndexerError(f"cannot reach the database {_safe(url)}: {exc.orig}") from None
+        raise DatabaseError(f"cannot reach the database {_safe(url)}: {exc.orig}") from None
     finally:
         engine.dispose()
 

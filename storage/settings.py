@@ -1,4 +1,4 @@
-"""Settings of the indexer (and of the service, which reuses them), read from `CVM_*` variables.
+"""Settings shared by the indexer and the service, read from `CVM_*` variables.
 
 CVM_DATA_DIR      local data directory (default ~/.local/share/cvm-geoloc)
 CVM_DATABASE_URL  SQLAlchemy URL of the catalogue (default sqlite:///<data_dir>/cvm.db)

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from model.synth import layout as L
-from model.synth import textures
-from model.synth.objects import FREE, Rect, _stamp, rect_patch, road_frames
+from synth import layout as L
+from synth import textures
+from synth.objects import FREE, Rect, _stamp, rect_patch, road_frames
 
 if TYPE_CHECKING:
-    from model.synth.world import World
+    from synth.world import World
 
 NO_TREE = (L.BUILDING, L.WATER, L.CAR)
 

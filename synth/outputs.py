@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model.synth.pairs import AERIAL_M, AERIAL_PX, PHOTO_SIZE
-from model.synth.panorama import EYE_M, PANO_BOTTOM_DEG, PANO_SIZE, PANO_TOP_DEG
+from synth.pairs import AERIAL_M, AERIAL_PX, PHOTO_SIZE
+from synth.panorama import EYE_M, PANO_BOTTOM_DEG, PANO_SIZE, PANO_TOP_DEG
 
 if TYPE_CHECKING:
-    from model.synth.pairs import PairSpec
-    from model.synth.world import World
-    from model.synth.writer import SynthOptions
+    from synth.pairs import PairSpec
+    from synth.world import World
+    from synth.writer import SynthOptions
 
 GROUND_COLUMNS = ("id", "lat", "lon", "heading_deg", "fov_deg", "file", "photo_file", "split")
 FORMAT_VERSION = 1

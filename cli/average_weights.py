@@ -1,16 +1,18 @@
-"""Average the weights of checkpoints fine-tuned from the same start ("model soup", Wortsman et
-al., ICML 2022): every parameter and BatchNorm statistic is the mean over the inputs.
+"""`cvm average-weights`: average the weights of checkpoints fine-tuned from the same start
+("model soup", Wortsman et al., ICML 2022): every parameter and BatchNorm
+statistic is the mean over the inputs.
 
-    .venv/bin/python scripts/average_weights.py A.pt B.pt [C.pt ...] --out SOUP.pt
+    .venv/bin/cvm average-weights A.pt B.pt [C.pt ...] --out SOUP.pt
 
 The inputs must share their model config (architecture and preprocessing; test-time options may
 differ, the first input's are kept). The result is a plain checkpoint for `cvm eval` and
-`scripts/export_weights.py`.
+`cvm export-weights`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -20,22 +22,31 @@ from model.checkpoint import CheckpointError, file_sha256, load_checkpoint, save
 from model.train import trained_part
 from model.views import set_inference_options
 
+HELP = "average checkpoints fine-tuned from the same start (a model soup)"
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", type=Path, nargs="+", help="checkpoints to average (at least two)")
     p.add_argument("--out", type=Path, required=True, help="where to write the averaged checkpoint")
-    args = p.parse_args()
+
+
+def run(args: argparse.Namespace) -> int:
     if len(args.inputs) < 2:
-        p.error("give at least two checkpoints")
+        print("cvm average-weights: give at least two checkpoints", file=sys.stderr)
+        return 2
     try:
         loaded = [load_checkpoint(path) for path in args.inputs]
     except CheckpointError as exc:
-        raise SystemExit(f"average_weights: {exc}") from exc
+        print(f"cvm average-weights: {exc}", file=sys.stderr)
+        return 1
     first = loaded[0]
     for other in loaded[1:]:
         if trained_part(other.config) != trained_part(first.config):
-            raise SystemExit(f"{other.path}: its model config differs from {first.path}'s")
+            print(
+                f"cvm average-weights: {other.path}: its model config differs from {first.path}'s",
+                file=sys.stderr,
+            )
+            return 1
     states = [m.model.state_dict() for m in loaded]
     averaged = {}
     for key, value in states[0].items():
@@ -50,7 +61,4 @@ def main() -> None:
     sources = [f"{path} (sha256 {file_sha256(path)[:12]})" for path in args.inputs]
     save_checkpoint(args.out, first.model, train_config={"averaged_from": sources})
     print(f"wrote {args.out}: mean of {len(sources)} checkpoints, sha256 {file_sha256(args.out)}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from model.synth import layout as L
-from model.synth.world import World
+from synth import layout as L
+from synth.world import World
 
 ON_ROAD = (L.ROAD, L.SIDEWALK)
 OPEN = (L.GRASS, L.BARE, L.PARKING)

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from indexer.errors import BuildNotFound
-from indexer.models import Build, Tile
+from storage.errors import BuildNotFound
+from storage.models import Build, Tile
 
 # Keeps each statement's parameter list well below SQLite's and PostgreSQL's limits.
 CHUNK = 5000

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model.synth import pairs, sampling
-from model.synth.geo import DEFAULT_ORIGIN, WorldFrame
-from model.synth.ortho import render_ortho, write_geotiff
-from model.synth.pairs import PairSpec
-from model.synth.world import World, generate_world
+from synth import pairs, sampling
+from synth.geo import DEFAULT_ORIGIN, WorldFrame
+from synth.ortho import render_ortho, write_geotiff
+from synth.pairs import PairSpec
+from synth.world import World, generate_world
 
 AERIAL_M = 70.0
 OUTPUTS = ("ortho.tif", "ground.csv", "world.json", "ground", "photos", "cvusa")
@@ -162,7 +162,7 @@ def render_all(
 
 def synthesize(opts: SynthOptions, progress: Callable[[int, int], None] | None = None) -> SynthResult:
     """Generate the world of `opts.seed` and write every output under `opts.out`."""
-    from model.synth import outputs
+    from synth import outputs
 
     opts.validate()
     prepare_out(opts.out, opts.overwrite)

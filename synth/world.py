@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from model.synth import layout as L
-from model.synth import objects, textures
-from model.synth.geo import WorldFrame
+from synth import layout as L
+from synth import objects, textures
+from synth.geo import WorldFrame
 
 SHIFT = 2  # fixed-point bits for cv2 drawing: sub-pixel accurate road geometry
 

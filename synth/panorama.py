@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from model.synth import layout as L
-from model.synth.world import World
+from synth import layout as L
+from synth.world import World
 
 PANO_SIZE = (112, 616)  # (rows, cols): CVUSA's 224 x 1232 halved
 PANO_TOP_DEG = 35.0

@@ -173,7 +173,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(world: Path, tmp_path:
         "--checkpoint-minutes",
         "0",
     ]
-    argv = [sys.executable, "-m", "model.cli", "train", "--data", str(world), "--out", str(out), *flags]
+    argv = [sys.executable, "-m", "cli.main", "train", "--data", str(world), "--out", str(out), *flags]
     argv += ["--model-config", str(model_json)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

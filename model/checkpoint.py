@@ -89,7 +89,9 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip, pickle and torch errors all mean "not readable"
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a cvm-geoloc checkpoint, or damaged ({_load_reason(exc)})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
@@ -99,6 +101,18 @@ def _read(path: Path) -> dict[str, Any]:
         if not isinstance(payload.get(key), dict):
             raise CheckpointError(f"checkpoint {path} has no {key!r} entry")
     return payload
+
+
+def _load_reason(exc: Exception) -> str:
+    """The cause of a failed `torch.load`, without torch's advice to retry with
+    `weights_only=False`: that would run arbitrary code from an untrusted file."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        detail = detail.split(" was not an allowed global")[0].split(". Please")[0].strip()
+        return f"it holds data other than tensors and plain values: {detail}"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first
 
 
 def load_checkpoint(

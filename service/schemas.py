@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -46,7 +47,7 @@ class TileOut(BaseModel):
     lon: float
     bbox: Bbox
     footprint: dict[str, Any] = Field(description="GeoJSON Polygon of the true footprint ([lon, lat])")
-    source: str
+    source: str = Field(description="file name of the tile's source raster or image (no server folders)")
     window: tuple[float, float, float, float] | None = Field(
         description="(col_off, row_off, width, height) in source pixels; null for pre-cut tiles"
     )
@@ -119,7 +120,7 @@ def tile_out(tile: TileRecord) -> TileOut:
         lon=tile.lon,
         bbox=tile.bbox,
         footprint=footprint,
-        source=tile.source,
+        source=PurePath(tile.source).name,
         window=window,  # type: ignore[arg-type]
         crs=tile.crs,
         gsd_m=tile.gsd_m,

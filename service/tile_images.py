@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,8 @@ from rasterio.windows import Window
 
 from service.catalog import TileRecord
 from service.errors import TileSourceMissing
+
+log = logging.getLogger(__name__)
 
 
 def _to_uint8_rgb(bands: np.ndarray) -> np.ndarray:
@@ -55,12 +58,16 @@ def read_precut_rgb(tile: TileRecord, size_px: int) -> np.ndarray:
 
 def render_tile_png(tile: TileRecord, size_px: int) -> bytes:
     """PNG bytes of the tile; TileSourceMissing (404) when its source is gone or unreadable."""
+    # Public messages name the file, never the server's folders (the log has the full path).
+    name = Path(tile.source).name
     if not Path(tile.source).exists():
-        raise TileSourceMissing(f"tile {tile.id}: source {tile.source} no longer exists")
+        log.warning("tile %d: source %s no longer exists", tile.id, tile.source)
+        raise TileSourceMissing(f"tile {tile.id}: its source {name} no longer exists")
     try:
         rgb = read_precut_rgb(tile, size_px) if tile.is_precut else read_window_rgb(tile, size_px)
     except (RasterioError, OSError) as exc:
-        raise TileSourceMissing(f"tile {tile.id}: source {tile.source} cannot be read ({exc})") from exc
+        log.warning("tile %d: source %s cannot be read: %s", tile.id, tile.source, exc)
+        raise TileSourceMissing(f"tile {tile.id}: its source {name} cannot be read") from exc
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise TileSourceMissing(f"tile {tile.id}: could not encode the image")

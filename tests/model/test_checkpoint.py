@@ -150,3 +150,19 @@ def test_inference_layout_is_channels_last_and_files_stay_contiguous(tmp_path, t
     save_checkpoint(tmp_path / "again.pt", loaded.model)
     raw = torch.load(tmp_path / "again.pt", weights_only=True)["state_dict"]
     assert all(v.is_contiguous() for v in raw.values())
+
+
+def test_unreadable_file_never_advises_weights_only_false(tmp_path) -> None:
+    # A pickle with a non-tensor global (what an arbitrary .pt file may hold) and plain junk: the
+    # message names the file and the cause, never torch's advice to load it unsafely.
+    pickled = tmp_path / "other.pt"
+    torch.save({"when": __import__("datetime").datetime(2020, 1, 1)}, pickled)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    for path in (pickled, junk):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        text = str(info.value)
+        assert str(path) in text and "weights_only" not in text and "\n" not in text
+    with pytest.raises(CheckpointError, match="datetime"):
+        load_checkpoint(pickled)

@@ -37,6 +37,8 @@ def test_get_tile_metadata(client: TestClient, world: World) -> None:
     assert body["window"] == [spec.col * TILE_PX, spec.row * TILE_PX, TILE_PX, TILE_PX]
     assert body["build_id"] == next(iter(world.builds))
     assert body["image_url"] == f"/tiles/{body['tile_id']}/image"
+    # The file's name, never the server's folders.
+    assert body["source"] == world.raster.name
 
 
 @pytest.mark.parametrize("index", [0, 6, 9, 15])
@@ -78,7 +80,8 @@ def test_get_tile_image_missing_source_is_404(fresh_world: World) -> None:
         healthy = client.get("/healthz").status_code
     assert resp.status_code == 404
     assert "no longer exists" in resp.json()["detail"]
-    assert str(world.raster) in resp.json()["detail"]
+    assert world.raster.name in resp.json()["detail"]
+    assert str(world.raster.parent) not in resp.json()["detail"]
     assert healthy == 200
 
 
@@ -92,3 +95,16 @@ def test_get_tile_of_inactive_build_from_catalogue(fresh_world: World) -> None:
     assert body["build_id"] == first
     assert second != first
     assert json.dumps(body["footprint"]) == json.dumps(world.tiles[4].footprint)
+
+
+@pytest.mark.parametrize("path", ["/tiles/{}", "/tiles/{}/image"])
+@pytest.mark.parametrize("tile_id", [2**63, 2**64 + 5, 10**30])
+def test_ids_beyond_64_bits_are_a_clear_422(client: TestClient, path: str, tile_id: int) -> None:
+    resp = client.get(path.format(tile_id))
+    assert resp.status_code == 422
+    assert "tile_id" in resp.json()["detail"]
+
+
+def test_largest_64_bit_id_is_a_404(client: TestClient) -> None:
+    resp = client.get(f"/tiles/{2**63 - 1}")
+    assert resp.status_code == 404 and "no tile with id" in resp.json()["detail"]

@@ -15,7 +15,9 @@ from service.tile_images import render_tile_png
 
 router = APIRouter(prefix="/tiles", tags=["tiles"])
 
-TileId = Annotated[int, Path(ge=0, description="tile id (= its FAISS id)")]
+# Ids are 64-bit signed in the catalogue and in FAISS; a larger number names no tile.
+TILE_ID_MAX = 2**63 - 1
+TileId = Annotated[int, Path(ge=0, le=TILE_ID_MAX, description="tile id (= its FAISS id)")]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such tile, or its source is gone"}}
 
 

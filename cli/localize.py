@@ -43,15 +43,14 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from model.checkpoint import CheckpointError
+    from model.runtime import claim_pool, set_search_threads
     from service.catalog import Catalog
     from service.core.config import ServiceSettings
     from service.core.state import load_localizer
     from service.errors import ServiceError
     from service.pipeline import localize_once
     from service.schemas import localize_out
-    from service.snapshot import set_search_threads
     from service.store import SnapshotStore
-    from service.torch_threads import claim_pool
     from storage.db import make_engine
     from storage.errors import StorageError
 
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         settings = ServiceSettings()
         localizer = load_localizer(settings)
         set_search_threads(settings.search_threads)
-        catalog = Catalog(make_engine(settings.database_url))
+        catalog = Catalog(make_engine(settings.database_url, read_only=True))
         store = SnapshotStore(catalog, settings.index_root, localizer.weights_sha256, localizer.out_dim)
         store.refresh()
         claim_pool(settings.torch_threads)  # one thread does it all here

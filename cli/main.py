@@ -23,7 +23,7 @@ from cli import (
     synth,
     train,
 )
-from model.allocator import reuse_freed_memory
+from model.runtime import reuse_freed_memory
 
 COMMANDS: dict[str, ModuleType] = {
     "summary": summary,

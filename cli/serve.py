@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from service.core.config import ServiceSettings
     from service.core.state import load_localizer
     from service.main import create_app
+    from storage.settings import describe_invalid_settings
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         # Loaded before uvicorn starts so that a missing or broken checkpoint is one clear line.
         localizer = load_localizer(settings)
     except ValidationError as exc:
-        print(f"cvm serve: invalid setting: {exc}", file=sys.stderr)
+        print(f"cvm serve: invalid setting: {describe_invalid_settings(exc)}", file=sys.stderr)
         return 2
     except (CheckpointError, FileNotFoundError) as exc:
         print(f"cvm serve: {exc}", file=sys.stderr)

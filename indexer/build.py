@@ -7,21 +7,21 @@
           (indexer.publish); the build becomes active only in the final transaction.
 
 A build killed at any point keeps status "building"; running the same command again resumes it
-(same inputs, parameters and weights), as does `--resume [BUILD]`. A resumed build skips the
+(same inputs, parameters and weights: the fingerprint of `indexer.params.BuildParams`), as does
+`--resume [BUILD]`, which takes the build's stored parameters. A resumed build skips the
 planned rows and the finished shards, so its index equals that of an uninterrupted build.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from indexer.embed import (
     write_shard,
 )
 from indexer.errors import InputRejected, UsageError
+from indexer.params import BuildParams, FileIdent
 from indexer.sources import RasterInfo, inspect_raster, resolve_inputs
 from indexer.tiles import ChipReader, plan_csv, plan_raster
 from model.checkpoint import LoadedModel
@@ -102,43 +103,30 @@ class BuildContext:
         return self.index_root / f"build-{self.build_id}"
 
 
-def fingerprint(params: dict[str, Any], sha: str) -> str:
-    """Identity of a build's inputs: same fingerprint = the same index (resumable)."""
-    keys = ("inputs", "tiles_csv", "tile_size_m", "stride_m", "index_type")
-    ident = {k: params.get(k) for k in keys} | {"weights_sha256": sha}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
-
-
-def _file_ident(path: str) -> list[Any]:
-    st = os.stat(path)
-    return [path, st.st_size, st.st_mtime_ns]
-
-
-def make_params(opts: BuildOptions, ctx: BuildContext) -> dict[str, Any]:
-    """The stored parameters of a new build (inputs resolved to files with size and mtime)."""
+def make_params(opts: BuildOptions, ctx: BuildContext) -> BuildParams:
+    """The parameters of a new build (inputs resolved to files with size and mtime)."""
     paths, missing = resolve_inputs(list(opts.imagery))
     ctx.rejected.extend(missing)
-    tile = opts.tile_size_m or ctx.loaded.config.preprocessing.sat_ground_m or DEFAULT_TILE_M
+    tile = float(opts.tile_size_m or ctx.loaded.config.preprocessing.sat_ground_m or DEFAULT_TILE_M)
     csv_path = str(Path(opts.tiles_csv).expanduser().resolve()) if opts.tiles_csv else None
     if csv_path and not Path(csv_path).is_file():
         raise UsageError(f"{csv_path}: tile list not found")
-    params: dict[str, Any] = {
-        "inputs": [_file_ident(p) for p in paths],
-        "tiles_csv": _file_ident(csv_path) if csv_path else None,
-        "tile_size_m": float(tile),
-        "stride_m": float(opts.stride_m or tile / 2),
-        "index_type": opts.index_type,
-        "batch_size": opts.batch_size,
-        "shard_size": opts.shard_size,
-        "activate": opts.activate,
-        "missing_inputs": missing,
-    }
-    params["fingerprint"] = fingerprint(params, ctx.weights_sha256)
-    return params
+    return BuildParams(
+        inputs=tuple(FileIdent.of(p) for p in paths),
+        tiles_csv=FileIdent.of(csv_path) if csv_path else None,
+        tile_size_m=tile,
+        stride_m=float(opts.stride_m or tile / 2),
+        index_type=opts.index_type,
+        batch_size=opts.batch_size,
+        shard_size=opts.shard_size,
+        activate=opts.activate,
+        missing_inputs=tuple(missing),
+        weights_sha256=ctx.weights_sha256,
+    )
 
 
-def open_build(opts: BuildOptions, ctx: BuildContext) -> dict[str, Any]:
-    """Create the build row, or pick the unfinished build to resume; returns its params."""
+def open_build(opts: BuildOptions, ctx: BuildContext) -> BuildParams:
+    """Create the build row, or pick the unfinished build to resume; returns its parameters."""
     params = make_params(opts, ctx) if opts.resume in (None, False) else None
     with session_scope(ctx.engine) as session:
         build = _find_resumable(session, opts, params)
@@ -146,11 +134,12 @@ def open_build(opts: BuildOptions, ctx: BuildContext) -> dict[str, Any]:
             if build.weights_sha256 != ctx.weights_sha256:
                 raise UsageError(f"build {build.id} was made with other weights; cannot resume it with these")
             ctx.build_id, ctx.resumed = build.id, True
-            ctx.rejected[:] = [tuple(r) for r in build.params.get("missing_inputs", [])]
-            return dict(build.params)
+            stored = BuildParams.from_json(build.params, build.weights_sha256)
+            ctx.rejected[:] = list(stored.missing_inputs)
+            return stored
         if params is None:
             raise UsageError("no unfinished build to resume")
-        if not params["inputs"] and not params["tiles_csv"]:
+        if not params.inputs and not params.tiles_csv:
             reasons = "; ".join(f"{spec}: {why}" for spec, why in ctx.rejected)
             raise UsageError(f"no input to index ({reasons or 'give --imagery or --tiles-csv'})")
         build = Build(
@@ -160,7 +149,7 @@ def open_build(opts: BuildOptions, ctx: BuildContext) -> dict[str, Any]:
             weights_sha256=ctx.weights_sha256,
             model_arch=ctx.loaded.config.arch,
             embed_dim=ctx.loaded.config.descriptor_dim,
-            params=params,
+            params=params.to_json(),
             counts={},
             timings={},
             stats={},
@@ -172,7 +161,7 @@ def open_build(opts: BuildOptions, ctx: BuildContext) -> dict[str, Any]:
     return params
 
 
-def _find_resumable(session: Any, opts: BuildOptions, params: dict[str, Any] | None) -> Build | None:
+def _find_resumable(session: Any, opts: BuildOptions, params: BuildParams | None) -> Build | None:
     if opts.resume is False:
         return None
     if isinstance(opts.resume, int) and not isinstance(opts.resume, bool):
@@ -183,7 +172,7 @@ def _find_resumable(session: Any, opts: BuildOptions, params: dict[str, Any] | N
         return build
     unfinished = session.scalars(select(Build).where(Build.status == "building").order_by(Build.id.desc()))
     for build in unfinished:
-        if params is None or build.params.get("fingerprint") == params["fingerprint"]:
+        if params is None or params.same_inputs(build.params):
             return build
     return None
 
@@ -207,27 +196,31 @@ class WorkLock:
         self._fh.close()
 
 
-def plan_stage(ctx: BuildContext, params: dict[str, Any]) -> int:
-    """Stage 1: check inputs, lay out tiles, insert all rows in one transaction; returns planned count."""
+def plan_stage(ctx: BuildContext, params: BuildParams) -> tuple[BuildParams, int]:
+    """Stage 1: check inputs, lay out tiles, insert all rows in one transaction.
+
+    Returns the parameters with the inspected rasters (`sources`) and the planned count; a
+    build planned by an earlier run already stores both.
+    """
     with session_scope(ctx.engine) as session:
         build = catalog.resolve_build(session, ctx.build_id)
         if "planned" in build.counts:
             ctx.rejected[:] = [tuple(r) for r in build.counts.get("rejected", [])]
-            return int(build.counts["planned"])
+            return params, int(build.counts["planned"])
         started = time.perf_counter()
         sources = _inspect_all(params, ctx)
         rows = _planned_rows(params, sources, ctx)
         ids = catalog.insert_tiles(session, ({**row, "build_id": ctx.build_id} for row in rows))
-        params["sources"] = {p: info.to_dict() for p, info in sources.items()}
-        build.params = {**build.params, "sources": params["sources"]}
+        params = replace(params, sources=tuple(sources.values()))
+        build.params = params.to_json()
         build.counts = {"planned": len(ids), "rejected": [list(r) for r in ctx.rejected]}
         build.timings = {**build.timings, "plan_s": round(time.perf_counter() - started, 3)}
-        return len(ids)
+        return params, len(ids)
 
 
-def _inspect_all(params: dict[str, Any], ctx: BuildContext) -> dict[str, RasterInfo]:
+def _inspect_all(params: BuildParams, ctx: BuildContext) -> dict[str, RasterInfo]:
     sources = {}
-    for path, *_ in params["inputs"]:
+    for path in params.input_paths:
         try:
             sources[path] = inspect_raster(path)
         except InputRejected as exc:
@@ -235,10 +228,8 @@ def _inspect_all(params: dict[str, Any], ctx: BuildContext) -> dict[str, RasterI
     return sources
 
 
-def _planned_rows(
-    params: dict[str, Any], sources: dict[str, RasterInfo], ctx: BuildContext
-) -> Iterator[dict]:
-    size, stride = params["tile_size_m"], params["stride_m"]
+def _planned_rows(params: BuildParams, sources: dict[str, RasterInfo], ctx: BuildContext) -> Iterator[dict]:
+    size, stride = params.tile_size_m, params.stride_m
     for path, info in sources.items():
         n = 0
         for row in plan_raster(info, size, stride):
@@ -248,11 +239,11 @@ def _planned_rows(
             ctx.rejected.append(
                 (path, f"{path}: raster is smaller than one tile ({size:g} m); nothing to index")
             )
-    if params["tiles_csv"]:
+    if params.tiles_csv:
         try:
-            plan = plan_csv(params["tiles_csv"][0])
+            plan = plan_csv(params.tiles_csv.path)
         except InputRejected as exc:
-            ctx.rejected.append((params["tiles_csv"][0], str(exc)))
+            ctx.rejected.append((params.tiles_csv.path, str(exc)))
             return
         ctx.rejected.extend(plan.rejected)
         yield from plan.rows
@@ -278,15 +269,14 @@ def shard_tasks(ctx: BuildContext, shard_size: int) -> Iterator[list[TileTask]]:
         yield shard
 
 
-def embed_stage(ctx: BuildContext, params: dict[str, Any], planned: int, opts: BuildOptions) -> None:
+def embed_stage(ctx: BuildContext, params: BuildParams, planned: int, opts: BuildOptions) -> None:
     """Stage 2: embed every shard whose file is missing, reading chips ahead on threads."""
     shard_dir = ctx.work_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     prep = ctx.loaded.config.preprocessing
-    sources = {p: RasterInfo.from_dict(d) for p, d in params.get("sources", {}).items()}
-    reader = ChipReader(sources, prep.sat_size)
+    reader = ChipReader(params.raster_infos, prep.sat_size)
     embedder = Embedder(ctx.loaded.model, ctx.device, prep)
-    batch, dim = int(params["batch_size"]), ctx.loaded.config.descriptor_dim
+    batch, dim = params.batch_size, ctx.loaded.config.descriptor_dim
     failed = _failed_sources(shard_dir)
     bar = tqdm(total=planned, unit="tile", disable=not opts.progress, desc="embedding", mininterval=1.0)
     # The task generator queues each pending shard as it starts feeding its tiles to the readers,
@@ -294,7 +284,7 @@ def embed_stage(ctx: BuildContext, params: dict[str, Any], planned: int, opts: B
     queued: deque[list[TileTask]] = deque()
 
     def tasks() -> Iterator[TileTask]:
-        for shard in shard_tasks(ctx, int(params["shard_size"])):
+        for shard in shard_tasks(ctx, params.shard_size):
             if shard_path(shard_dir, shard[0].id).exists():
                 bar.update(len(shard))
                 continue

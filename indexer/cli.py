@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from indexer.errors import IndexerError, UsageError
-from model.allocator import reuse_freed_memory
+from model.runtime import reuse_freed_memory
 from storage.errors import BuildNotFound, StorageError
 from storage.settings import Settings
 
@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a build's index against its catalogue, weights and imagery")
     p.add_argument("build", nargs="?", type=int)
     p.add_argument("--weights", type=Path, help="weights file to check (default: the build's)")
-    p.add_argument("--sample", type=int, default=16, help="tiles re-embedded (default 16)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--sample", type=int, default=0, help="re-embed this many random tiles (default: all)")
+    g.add_argument("--quick", action="store_const", dest="sample", const=16, help="re-embed 16 random tiles")
     p.add_argument("--atol", type=float, default=1e-3, help="largest accepted vector difference")
     p = sub.add_parser("activate", help="make a finished build the served one (roll back or forward)")
     p.add_argument("build", type=int)

@@ -34,7 +34,8 @@ from model.transforms import ImageLoadError, load_image_rgb, normalise_batch, sa
 OK, NODATA, FAILED = 0, 1, 2
 # A tile is skipped when more than half of it is nodata / alpha-masked.
 MIN_VALID_FRACTION = 0.5
-# Source pixels of the tiles of one read run: bounds the band of rows read for it (~12 MB RGB).
+# Source pixels of the tiles of one read run: bounds the band of rows read for it, so that the
+# readers running ahead hold a few small bands rather than whole rasters.
 RUN_MAX_PX = 4_000_000
 
 T = TypeVar("T")

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from indexer.build import BuildContext
 from indexer.embed import NODATA, OK, Shard, load_shard, shard_files
 from indexer.errors import IndexerError
+from indexer.params import BuildParams
 from storage import catalog, faiss_index
 from storage.db import session_scope
 from storage.models import Tile
@@ -138,9 +139,11 @@ def write_and_rename(ctx: BuildContext, index: Any, meta: dict[str, Any]) -> Pat
 
 
 def merge_stage(
-    ctx: BuildContext, planned: int, kind: str, use_gpu: bool, activate: bool, run_started: float
+    ctx: BuildContext, params: BuildParams, planned: int, use_gpu: bool, run_started: float
 ) -> dict[str, Any]:
     """Stage 3: drop, index, write, publish. Returns the final counts/stats of the build.
+
+    The index is of `params.index_type`; the build is activated when `params.activate`.
 
     The publishing transaction also records this run's timings (ctx.run_timings, and total_s
     since `run_started`, a perf_counter value).
@@ -162,13 +165,13 @@ def merge_stage(
         _finish(ctx, "failed", counts, {}, None, None, activate=False, run_started=run_started)
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
         return {"status": "failed", "counts": counts}
-    index, spec, stats = build_index(ctx, plan, kind, use_gpu)
+    index, spec, stats = build_index(ctx, plan, params.index_type, use_gpu)
     meta = {"factory": spec.factory, "weights_sha256": ctx.weights_sha256, "build_id": ctx.build_id}
     meta |= {"index_type": spec.kind} | ({"nprobe": spec.nprobe} if spec.nprobe else {})
     folder = write_and_rename(ctx, index, meta)
     stats["index_s"] = round(time.perf_counter() - started, 3)
     status = "partial" if rejected else "complete"
-    _finish(ctx, status, counts, stats, folder, spec, activate=activate, run_started=run_started)
+    _finish(ctx, status, counts, stats, folder, spec, activate=params.activate, run_started=run_started)
     shutil.rmtree(ctx.work_dir, ignore_errors=True)
     return {
         "status": status,

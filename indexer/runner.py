@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +12,10 @@ import torch
 
 from indexer import build as stages
 from indexer.errors import UsageError
+from indexer.params import BuildParams
 from indexer.publish import merge_stage
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from model.runtime import frozen_heap
 from storage import catalog
 from storage.db import make_engine, session_scope, upgrade
 from storage.settings import Settings
@@ -86,26 +87,20 @@ def run_build(
         settings.index_root.mkdir(parents=True, exist_ok=True)
         params = stages.open_build(opts, ctx)
         lock = stages.WorkLock(ctx.work_dir)
-        # The libraries and the model loaded so far live as long as the build: frozen, they are
-        # not rescanned by each full garbage collection during it (over 100 ms a pass here). A
-        # caller that froze objects itself keeps its own policy.
-        freeze = gc.get_freeze_count() == 0
-        if freeze:
-            gc.freeze()
         try:
-            return _stages(ctx, params, opts, started)
+            # The libraries and the model loaded so far live as long as the build (`frozen_heap`).
+            with frozen_heap():
+                return _stages(ctx, params, opts, started)
         finally:
-            if freeze:
-                gc.unfreeze()
             lock.release()
     finally:
         engine.dispose()
 
 
 def _stages(
-    ctx: stages.BuildContext, params: dict[str, Any], opts: stages.BuildOptions, t0: float
+    ctx: stages.BuildContext, params: BuildParams, opts: stages.BuildOptions, t0: float
 ) -> BuildReport:
-    planned = stages.plan_stage(ctx, params)
+    params, planned = stages.plan_stage(ctx, params)
     if planned == 0:
         counts = {"planned": 0, "indexed": 0, "rejected": [list(r) for r in ctx.rejected]}
         _mark(ctx, status="failed", counts=counts)
@@ -115,9 +110,7 @@ def _stages(
     ctx.run_timings["embed_s"] = time.perf_counter() - t_embed
     use_gpu = ctx.device.type == "cuda" and faiss.get_num_gpus() > 0
     # merge_stage records embed_s and total_s in its publishing transaction (one commit less)
-    result = merge_stage(
-        ctx, planned, str(params["index_type"]), use_gpu, bool(params.get("activate", True)), run_started=t0
-    )
+    result = merge_stage(ctx, params, planned, use_gpu, run_started=t0)
     total = time.perf_counter() - t0
     return BuildReport(
         ctx.build_id,

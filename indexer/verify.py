@@ -16,9 +16,10 @@ import faiss
 import numpy as np
 import torch
 from sqlalchemy import Engine, select
+from tqdm import tqdm
 
 from indexer.embed import OK, Embedder, TileTask, read_chip
-from indexer.sources import RasterInfo
+from indexer.params import BuildParams
 from indexer.tiles import ChipReader
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
 from storage import catalog, faiss_index
@@ -57,10 +58,16 @@ def index_ids(index: Any) -> np.ndarray:
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
+VERIFY_BATCH = 64
+
+
 def verify_build(
-    engine: Engine, build_id: int | None, *, weights: Path | None = None, sample: int = 16, atol: float = 1e-3
+    engine: Engine, build_id: int | None, *, weights: Path | None = None, sample: int = 0, atol: float = 1e-3
 ) -> VerifyReport:
-    """Run every check on a build (the active one when build_id is None)."""
+    """Run every check on a build (the active one when build_id is None).
+
+    Every tile is re-embedded unless `sample` > 0 asks for that many, chosen at random.
+    """
     with session_scope(engine) as session:
         build = catalog.resolve_build(session, build_id)
         tile_ids = np.asarray(
@@ -102,29 +109,33 @@ def _check_sample(
     sample: int,
     atol: float,
 ) -> None:
-    rng = np.random.default_rng(build.id)
-    ids = np.sort(rng.choice(tile_ids, size=min(sample, len(tile_ids)), replace=False))
-    with session_scope(engine) as session:
-        tiles = catalog.get_tiles(session, [int(i) for i in ids])
+    ids = tile_ids
+    if 0 < sample < len(tile_ids):
+        ids = np.sort(np.random.default_rng(build.id).choice(tile_ids, size=sample, replace=False))
     try:
         loaded = load_checkpoint(weights)
     except CheckpointError as exc:
         report.add("re-embed", False, str(exc))
         return
-    sources = {p: RasterInfo.from_dict(d) for p, d in build.params.get("sources", {}).items()}
-    reader = ChipReader(sources, loaded.config.preprocessing.sat_size)
-    chips = [read_chip(reader, loaded.config.preprocessing, _task(tiles[int(i)]), set()) for i in ids]
-    unreadable = [c.task.id for c in chips if c.status != OK]
-    if unreadable:
-        report.add("re-embed", False, f"tiles {unreadable[:5]} no longer read as valid imagery")
-        return
+    params = BuildParams.from_json(build.params, build.weights_sha256)
+    reader = ChipReader(params.raster_infos, loaded.config.preprocessing.sat_size)
     embedder = Embedder(loaded.model, torch.device("cpu"), loaded.config.preprocessing)
-    fresh = embedder(np.stack([c.pixels for c in chips]))  # type: ignore[misc]
-    stored = faiss_index.stored_vectors(index, ids)
-    diff = float(np.abs(faiss_index.encode_decode(index, fresh) - stored).max())
-    report.add(
-        "re-embed", diff <= atol, f"{len(ids)} tiles, max |difference| {diff:.2e} (tolerance {atol:g})"
-    )
+    diff = 0.0
+    # In batches: a whole build's chips at once would not fit in memory.
+    for start in tqdm(range(0, len(ids), VERIFY_BATCH), desc="re-embedding", unit="batch", disable=None):
+        batch = ids[start : start + VERIFY_BATCH]
+        with session_scope(engine) as session:
+            tiles = catalog.get_tiles(session, [int(i) for i in batch])
+        chips = [read_chip(reader, loaded.config.preprocessing, _task(tiles[int(i)]), set()) for i in batch]
+        unreadable = [c.task.id for c in chips if c.status != OK]
+        if unreadable:
+            report.add("re-embed", False, f"tiles {unreadable[:5]} no longer read as valid imagery")
+            return
+        fresh = embedder(np.stack([c.pixels for c in chips]))  # type: ignore[misc]
+        stored = faiss_index.stored_vectors(index, batch)
+        diff = max(diff, float(np.abs(faiss_index.encode_decode(index, fresh) - stored).max()))
+    what = f"all {len(ids)} tiles" if len(ids) == len(tile_ids) else f"{len(ids)} of {len(tile_ids)} tiles"
+    report.add("re-embed", diff <= atol, f"{what}, max |difference| {diff:.2e} (tolerance {atol:g})")
 
 
 def _task(tile: Tile) -> TileTask:

@@ -12,8 +12,8 @@ eight scene transforms of `model.views`), so one set of means serves every view 
 photos, mostly empty canvases (`prepare_photo`), make a domain of their own with a mean of their
 own. They live in the model as the buffers `ground_center` / `satellite_center` / `photo_center`
 (saved with the weights) and are used when the preprocessing says `centered`;
-scripts/center_weights.py measures them on training worlds, never on the worlds an evaluation
-reports.
+`cvm center-weights` (cli/center_weights.py) measures them on training worlds, never on the
+worlds an evaluation reports.
 """
 
 from __future__ import annotations

@@ -144,8 +144,8 @@ def inference_layout(net: CVMNet) -> CVMNet:
 
     oneDNN, torch's CPU convolution library, computes in that layout; with the default (NCHW)
     weights each convolution converts its tensors first. The outputs are the same up to float
-    rounding (the round-trip test checks them within 1e-6) and the shipped weights' 4-view
-    forward pass takes about two thirds of the time (docs/benchmarks.md). Inputs need no change:
+    rounding (the round-trip test checks them within 1e-6) and the forward pass is faster
+    (docs/benchmarks.md times both layouts). Inputs need no change:
     the weights' layout decides the convolutions'. On a GPU the layout is left as it is.
     """
     if next(net.parameters()).device.type == "cpu":

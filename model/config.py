@@ -48,7 +48,7 @@ class Preprocessing:
     centered:     each view descriptor has its domain's mean descriptor subtracted and is
                   L2-normalised again before it is compared (`model.centering`; the means are the
                   model's `ground_center` / `satellite_center` / `photo_center` buffers, measured
-                  on training worlds by scripts/center_weights.py). Like `views`, only inference
+                  on training worlds by `cvm center-weights`). Like `views`, only inference
                   uses it.
     """
 

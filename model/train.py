@@ -453,7 +453,6 @@ def train(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = None) -
     """
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     resuming = cfg.resume and (out / "last.pt").exists()
     net, opt, state = _resume(cfg, out / "last.pt") if resuming else _new_run(cfg)
     prep = net.config.preprocessing
@@ -461,6 +460,8 @@ def train(cfg: TrainConfig, on_step: Callable[[StepInfo], None] | None = None) -
     if len(dataset) < cfg.batch_size:
         raise TrainError(f"{len(dataset)} readable training pairs in {', '.join(cfg.data)}: fewer than one "
                          f"batch of {cfg.batch_size}")  # fmt: skip
+    # Created only once the data is known to be usable: a refused run leaves no empty folder.
+    out.mkdir(parents=True, exist_ok=True)
     if not resuming:
         log.info("new run in %s: %s", out, json.dumps(cfg.to_dict()))
     _write_text_atomic(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")

@@ -39,10 +39,12 @@ class ImageLoadError(ValueError):
 def load_image_rgb(src: str | Path | bytes, fit: SizeFor | None = None) -> np.ndarray:
     """Read and fully decode an image file (or its bytes) -> (H, W, 3) uint8 RGB.
 
-    Palette, grey, alpha, CMYK and 16-bit images become 8-bit RGB (alpha is dropped, 16-bit values
-    are scaled by 1/257); the EXIF orientation of photos is applied. Raises ImageLoadError naming
-    the file when it is missing, not an image, truncated, or over MAX_PIXELS (checked from the
-    header, before decoding). Relies on Pillow's default ImageFile.LOAD_TRUNCATED_IMAGES = False.
+    The one decoder of the project: training, evaluation, the indexer and (through
+    `decode_open_image`, after its upload checks) the service get their pixels here. Palette,
+    grey, alpha, CMYK and 16-bit images become 8-bit RGB (alpha is dropped, 16-bit values are
+    scaled by 1/257); the EXIF orientation of photos is applied. Raises ImageLoadError naming the
+    file when it is missing, not an image, truncated, or over MAX_PIXELS (checked from the header,
+    before decoding). Relies on Pillow's default ImageFile.LOAD_TRUNCATED_IMAGES = False.
 
     With `fit` (the size the image will be resized to, see `reduce_jpeg_decode`) a large JPEG is
     decoded at 1/2, 1/4 or 1/8 of its size when that is still at least as large.
@@ -53,21 +55,48 @@ def load_image_rgb(src: str | Path | bytes, fit: SizeFor | None = None) -> np.nd
     fp = io.BytesIO(src) if isinstance(src, bytes) else src
     try:
         # Image.open reads only the header; Pillow's own bomb check there (an error above about
-        # 179 Mpx) is a backstop to the stricter limit below, applied before any decoding.
-        with Image.open(fp) as im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ImageLoadError(f"{name}: {w}x{h} px exceeds the {MAX_PIXELS:,} pixel limit")
-            if fit is not None:
-                reduce_jpeg_decode(im, fit)
-            im.load()  # full decode: a truncated file fails here
-            return _to_rgb_uint8(ImageOps.exif_transpose(im))
-    except ImageLoadError:
-        raise
+        # 179 Mpx) is a backstop to the stricter limit of `decode_open_image`, applied before any
+        # decoding.
+        im = Image.open(fp)
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"{name}: image too large ({exc})") from exc
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
         raise ImageLoadError(f"cannot decode image {name}: {exc}") from exc
+    with im:
+        return decode_open_image(im, fit, name)
+
+
+def decode_open_image(im: Image.Image, fit: SizeFor | None = None, name: str = "<image bytes>") -> np.ndarray:
+    """Decode an image that `Image.open` has opened (header read, no pixels yet) -> (H, W, 3)
+    uint8 RGB, as `load_image_rgb` describes; `name` names it in errors.
+
+    For a caller that has already opened the image to check its header (the service's uploads),
+    so that it is not opened twice. Raises ImageLoadError when it is over MAX_PIXELS or cannot be
+    decoded (the underlying error is its `__cause__`). The image is transposed in place.
+    """
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise ImageLoadError(f"{name}: {w}x{h} px exceeds the {MAX_PIXELS:,} pixel limit")
+    try:
+        if fit is not None:
+            reduce_jpeg_decode(im, fit)
+        im.load()  # full decode: a truncated file fails here
+        _apply_exif_orientation(im)
+        return _to_rgb_uint8(im)
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"{name}: image too large ({exc})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageLoadError(f"cannot decode image {name}: {exc}") from exc
+
+
+def _apply_exif_orientation(im: Image.Image) -> None:
+    """Turn a loaded image as its EXIF orientation says it is displayed, in place.
+
+    The same lookup and transpose as `ImageOps.exif_transpose`, without its copy of an image that
+    needs no turning.
+    """
+    if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        ImageOps.exif_transpose(im, in_place=True)
 
 
 def reduce_jpeg_decode(im: Image.Image, fit: SizeFor) -> None:
@@ -97,6 +126,8 @@ def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
     if im.mode == "F":
         grey8 = np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
         return np.repeat(grey8[:, :, None], 3, axis=2)
+    if im.mode == "RGB":
+        return np.asarray(im)  # one copy of the pixels, no converted image in between
     if im.mode == "P" or im.mode == "PA":
         im = im.convert("RGBA")  # resolves palette transparency before alpha is dropped
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))

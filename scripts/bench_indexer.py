@@ -23,10 +23,10 @@ from rasterio.transform import Affine
 
 from indexer.build import BuildOptions, default_read_threads
 from indexer.runner import run_build
-from model.allocator import reuse_freed_memory
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import preset_config
 from model.cvm_net import build_model
+from model.runtime import reuse_freed_memory
 from storage import faiss_index as fi
 from storage.catalog import get_build
 from storage.db import make_engine, session_scope

@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from model.allocator import reuse_freed_memory
 from model.checkpoint import inference_layout
 from model.config import ARCHS, PRESETS, preset_config
 from model.cvm_net import build_model
 from model.losses import weighted_soft_margin_loss
+from model.runtime import reuse_freed_memory
 
 
 def time_branch(fn, x: torch.Tensor, repeats: int) -> float:

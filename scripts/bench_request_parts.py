@@ -1,7 +1,8 @@
 """Micro-benchmark of two parts of a /localize request, in one process, alternatives side by side:
 
 * decoding the benchmark's 616x112 noise JPEG (scripts/bench_service.py's query): the service's
-  `decode_upload`, the training decoder `load_image_rgb`, `cv2.imdecode` for reference, and
+  `decode_upload` (upload checks + the decoder), the decoder `load_image_rgb` alone,
+  `cv2.imdecode` for reference, and
   Pillow's header parsing and decode alone; then preparing it for the shipped weights
   (`prepare_ground`, and its resize alone);
 * one exact search over 10,000 random unit vectors of 256 dims (`IDMap2,Flat`, inner product):
@@ -9,9 +10,10 @@
   search over the index's own vectors (`service.flat_search.FlatView`, torch's default threads);
 * with `--after-forward`: the service's search as a request meets it, right after a forward pass
   of the shipped weights (4 views) in the same thread, which has pushed the index out of the
-  caches: one float32 pass against the two passes (int8, then float32 for the candidates), over
-  10,000 and 100,000 random unit vectors of the weights' descriptor size; and what the int8
-  copies cost when a build is loaded.
+  caches: FAISS with the service's search threads (`model.runtime`, what the index would get
+  without the torch search), one float32 pass and the two passes (int8, then float32 for the
+  candidates), over 10,000 to 100,000 random unit vectors of the weights' descriptor size; and
+  what the int8 copies cost when a build is loaded.
 
     .venv/bin/python scripts/bench_request_parts.py [--runs 2000] [--after-forward]
 
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_service import query_image  # noqa: E402
 
 from model.config import Preprocessing  # noqa: E402
+from model.runtime import omp_threads, search_threads  # noqa: E402
 from model.transforms import MAX_PIXELS, load_image_rgb, prepare_ground  # noqa: E402
 from service.flat_search import FlatView  # noqa: E402
 from service.imaging import decode_upload  # noqa: E402
@@ -61,7 +64,7 @@ def decode_parts(runs: int) -> None:
     print(f"decode of a 616x112 noise JPEG ({len(data) / 1000:.1f} KB), median of {runs}:")
     for name, fn in (
         ("service decode_upload", lambda: decode_upload(data, MAX_PIXELS)),
-        ("training load_image_rgb", lambda: load_image_rgb(data)),
+        ("decoder load_image_rgb", lambda: load_image_rgb(data)),
         ("cv2.imdecode (reference)", lambda: cv2.imdecode(raw, cv2.IMREAD_COLOR)),
         ("of which: header (Image.open)", lambda: Image.open(io.BytesIO(data))),
         ("of which: header + decode", lambda: Image.open(io.BytesIO(data)).load()),
@@ -116,7 +119,7 @@ def search_parts(runs: int, n: int = 10_000, d: int = 256) -> None:
     print(f"  torch FlatView, {torch.get_num_threads()} threads (served) {ms:7.3f} ms")
 
 
-def search_after_forward(runs: int, sizes: tuple[int, ...] = (10_000, 100_000)) -> None:
+def search_after_forward(runs: int, sizes: tuple[int, ...] = (10_000, 25_000, 49_000, 100_000)) -> None:
     from bench_service import Forward
 
     from model.weights import default_weights_path
@@ -139,12 +142,26 @@ def search_after_forward(runs: int, sizes: tuple[int, ...] = (10_000, 100_000)) 
         assert (one.search(q, 5)[1] == two.search(q, 5)[1]).all()
         extra = two.int8.codes.numel() / 2**20
         print(f"  {n:,} x {forward.dim}: int8 copies {extra:.0f} MiB (+25 %), made in {load_s * 1000:.0f} ms")
+        times = []
+        for _ in range(runs):
+            forward.once_ms()
+            times.append(forward.run(_timed_faiss, index, q))
+        name = f"FAISS, {search_threads()} thread(s)"
+        print(f"    {name:28s} {statistics.median(times) * 1000:7.3f} ms")
         for name, view in (("one float32 pass", one), ("int8 + float32 candidates", two)):
             times = []
             for _ in range(runs):
                 forward.once_ms()
                 times.append(forward.run(_timed_search, view, q))
             print(f"    {name:28s} {statistics.median(times) * 1000:7.3f} ms")
+
+
+def _timed_faiss(index: faiss.Index, q: np.ndarray) -> float:
+    """One search as `service.snapshot.IndexSnapshot.search` runs a FAISS index."""
+    t0 = time.perf_counter()
+    with omp_threads(search_threads()):
+        index.search(q, 5)
+    return time.perf_counter() - t0
 
 
 def _timed_search(view: FlatView, q: np.ndarray) -> float:

@@ -1,5 +1,5 @@
 """Process-level settings against the forward pass: glibc's allocator thresholds
-(`model.allocator`), which threads hold torch's OpenMP pool (`service.torch_threads`) and the
+(`model.runtime.reuse_freed_memory`), which threads hold torch's OpenMP pool (`model.runtime`) and the
 weights' memory layout (`model.checkpoint.inference_layout`).
 
     .venv/bin/python scripts/bench_runtime.py [--weights W] [--threads 2] [--runs 60]
@@ -29,9 +29,8 @@ CHILD = r"""
 import json, resource, statistics, sys, time
 from concurrent.futures import ThreadPoolExecutor
 import cv2, numpy as np, torch
-from model.allocator import reuse_freed_memory
+from model.runtime import claim_pool, compute_single_threaded, reuse_freed_memory
 from service.localizer import Localizer
-from service.torch_threads import claim_pool, compute_single_threaded
 case, weights, threads, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 if case != "allocator default":
     reuse_freed_memory()

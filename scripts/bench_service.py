@@ -186,15 +186,14 @@ class Forward:
 
     As in the server: the weights are loaded with one thread, and the forward passes run in a
     dedicated thread that alone holds torch's thread pool, with the server's thread count
-    (--torch-threads = CVM_TORCH_THREADS; `service.torch_threads`). FAISS's thread count is not
+    (--torch-threads = CVM_TORCH_THREADS; `model.runtime`). FAISS's thread count is not
     set here: OpenMP counts are per thread and, with one OpenMP runtime for both, it would set
     torch's too.
     """
 
     def __init__(self, weights: Path, image: bytes, torch_threads: int) -> None:
-        from model.allocator import reuse_freed_memory
+        from model.runtime import claim_pool, compute_single_threaded, reuse_freed_memory
         from service.localizer import Localizer
-        from service.torch_threads import claim_pool, compute_single_threaded
 
         reuse_freed_memory()  # as the server does at start
         compute_single_threaded()
@@ -349,7 +348,7 @@ async def measure(args: argparse.Namespace, base: str, image: bytes, forward: Fo
 
 
 def main() -> int:
-    from service.torch_threads import pool_size
+    from model.runtime import pool_size
 
     args = parse_args()
     threads = pool_size(args.torch_threads)

@@ -19,9 +19,10 @@ from synth import SynthOptions, synthesize  # noqa: E402
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", type=int, default=1000)
-    p.add_argument("--extent-m", type=float, default=2000.0)
-    p.add_argument("--gsd-m", type=float, default=0.5)
+    # Defaults: those of SynthOptions.
+    p.add_argument("--pairs", type=int, default=SynthOptions.pairs)
+    p.add_argument("--extent-m", type=float, default=SynthOptions.extent_m)
+    p.add_argument("--gsd-m", type=float, default=SynthOptions.gsd_m)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", type=Path, default=None, help="write here instead of a temporary directory")

@@ -50,20 +50,20 @@ wait
 # with 4 test-time views.
 [ -d $W/val-202 ] || $CVM synth --seed 202 --out $W/val-202 --extent-m 2000 --pairs 1000 --val-fraction 1
 for w in runs/G/best.pt runs/I/best.pt runs/P/best.pt; do $CVM eval --weights $w --data $W/val-202 --views 4; done
-.venv/bin/python scripts/average_weights.py runs/G/best.pt runs/I/best.pt runs/P/best.pt --out runs/soup-GIP.pt
-.venv/bin/python scripts/export_weights.py runs/soup-GIP.pt runs/ship-candidate.pt --views 4
+$CVM average-weights runs/G/best.pt runs/I/best.pt runs/P/best.pt --out runs/soup-GIP.pt
+$CVM export-weights runs/soup-GIP.pt runs/ship-candidate.pt --views 4
 $CVM eval --weights runs/ship-candidate.pt --data $W/test-7777 --json --baseline random --baseline histogram \
     > runs/soup-test-7777.json
 # Ordinary photos: reprojected into the synthetic panoramas' geometry (rows +35 to -45 degrees),
 # tried at one heading (8 gave 7.9 against 7.6 on world 202, for 8 times the cost; docs/model-card.md).
-.venv/bin/python scripts/export_weights.py runs/ship-candidate.pt runs/cand-photo.pt --views 4 \
+$CVM export-weights runs/ship-candidate.pt runs/cand-photo.pt --views 4 \
     --pano-elevation 35,-45 --photo-headings 1
 # Descriptor centring (docs/model.md): the mean ground, satellite and photo view descriptors of
 # the averaged weights, measured on the training split of four of I's training worlds.
-.venv/bin/python scripts/center_weights.py runs/cand-photo.pt runs/centred-b.pt \
+$CVM center-weights runs/cand-photo.pt runs/centred-b.pt \
     --data $W/i-3000 --data $W/i-3001 --data $W/i-3002 --data $W/i-3003
 $CVM eval --weights runs/centred-b.pt --data $W/test-7777 --json --baseline random --baseline histogram \
     > runs/centred-b-test-7777.json
-.venv/bin/python scripts/export_weights.py runs/centred-b.pt model/weights/cvm-net-i-cpu.pt \
+$CVM export-weights runs/centred-b.pt model/weights/cvm-net-i-cpu.pt \
     --metrics runs/centred-b-test-7777.json \
-    --lineage "scripts/train_shipped.sh: A -> B -> C -> D -> E (2 CPU cores); scripts/train_gpu.sh: F-aligned-b24 -> G (one GPU); I and P fine-tuned from G on 2 CPU cores; shipped = mean of G, I/best, P/best (scripts/average_weights.py), 4 test-time views, photos reprojected (elevation 35,-45), descriptors centred with means measured on worlds 3000-3003 (scripts/center_weights.py)"
+    --lineage "scripts/train_shipped.sh: A -> B -> C -> D -> E (2 CPU cores); scripts/train_gpu.sh: F-aligned-b24 -> G (one GPU); I and P fine-tuned from G on 2 CPU cores; shipped = mean of G, I/best, P/best (cvm average-weights), 4 test-time views, photos reprojected (elevation 35,-45), descriptors centred with means measured on worlds 3000-3003 (cvm center-weights)"

@@ -5,9 +5,11 @@ Rows are copied into frozen dataclasses so nothing outside this module holds a s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -15,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import CatalogUnavailable
 from storage.catalog import get_active_build
+from storage.db import is_missing_catalogue
 from storage.models import Build, Tile
 
 
@@ -110,17 +113,58 @@ def _reachable() -> Iterator[None]:
         raise CatalogUnavailable(f"catalogue database not reachable: {reason}") from exc
 
 
+# How long a request waits for the database before answering 503: a hung database server (one
+# that accepts connections but never answers) must not hang /readyz or /tiles with it.
+DB_TIMEOUT_S = 2.0
+
+T = TypeVar("T")
+
+
 class Catalog:
     """Queries the service needs: the active build, one tile, all tiles of a build, a ping."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, timeout_s: float = DB_TIMEOUT_S) -> None:
         self.engine = engine
+        self.timeout_s = timeout_s
+
+    async def run(self, query: Callable[..., T], *args: Any) -> T:
+        """`query(*args)` in a worker thread, given up after `timeout_s` with CatalogUnavailable.
+
+        A query that never returns keeps its worker thread; the request is answered regardless.
+        """
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(query, *args), self.timeout_s)
+        except TimeoutError:
+            raise CatalogUnavailable(
+                f"catalogue database not reachable: no answer within {self.timeout_s:g} s"
+            ) from None
 
     def active_build(self) -> BuildInfo | None:
-        """The build with is_active = True, or None."""
+        """The build with is_active = True, or None (also when no catalogue was written yet)."""
+        try:
+            with Session(self.engine) as session:
+                row = get_active_build(session)
+                return _build_info(row) if row is not None else None
+        except SQLAlchemyError as exc:
+            if is_missing_catalogue(exc):
+                return None
+            with _reachable():
+                raise
+
+    def finished_builds(self, weights_sha256: str) -> list[BuildInfo]:
+        """Finished builds with an index, made with these weights, newest first: the candidates
+        to serve when the active build cannot be loaded."""
+        stmt = (
+            select(Build)
+            .where(
+                Build.status.in_(("complete", "partial")),
+                Build.index_path.is_not(None),
+                Build.weights_sha256 == weights_sha256,
+            )
+            .order_by(Build.id.desc())
+        )
         with _reachable(), Session(self.engine) as session:
-            row = get_active_build(session)
-            return _build_info(row) if row is not None else None
+            return [_build_info(row) for row in session.scalars(stmt)]
 
     def tile(self, tile_id: int) -> TileRecord | None:
         """The tile with this id (of any build), or None."""
@@ -135,6 +179,13 @@ class Catalog:
             return {row[0]: TilePlace(*row) for row in rows}
 
     def ping(self) -> None:
-        """Raise if the database cannot be reached."""
-        with _reachable(), self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        """Raise if the database cannot be reached. A catalogue not written yet is reachable: the
+        missing build is reported as such, not as a database fault."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            if is_missing_catalogue(exc):
+                return
+            with _reachable():
+                raise

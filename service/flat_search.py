@@ -3,9 +3,10 @@
 The search reads every vector once per query, so it is bound by memory bandwidth, and a request
 meets the index after its forward pass has pushed it out of the caches. So the first pass scores
 every vector with an int8 copy (a quarter of the bytes), and the second recomputes in float32 only
-the few whose float32 score could be among the k best. On the 2-core development machine, right
-after a forward pass: 10,000 x 1,024 in 0.9-1.1 ms instead of 1.1-1.5, 100,000 x 1,024 in 6.9-7.4
-ms instead of 15.2-15.4 (docs/benchmarks.md). Why the answer is the float32 one:
+the few whose float32 score could be among the k best. The gain grows with the index: for the
+flat indexes `cvm-index build` makes (up to `storage.faiss_index.FLAT_MAX_TILES` tiles) it is a
+noticeable part of a whole request, against FAISS's own search too (docs/benchmarks.md,
+`scripts/bench_request_parts.py --after-forward`). Why the answer is the float32 one:
 
 * Every vector x is stored as s * c (c int8, one scale s for the index), the query q likewise as
   t * p. Then q.x - t s (p.c) = (t p).(x - s c) + (q - t p).x, so by Cauchy-Schwarz the int8
@@ -31,8 +32,8 @@ import numpy as np
 import torch
 
 INT8_LEVELS = 127
-# Two passes cost about 0.3 ms more than the int8 product; measured after a forward pass, they
-# were slower up to 6,000 x 1,024 floats, even at 8,000 x 1,024, faster from 10,000 x 1,024 on.
+# The second pass has a fixed cost on top of the int8 product: measured after a forward pass,
+# two passes only win from indexes of about this many floats on.
 MIN_VALUES_TWO_PASS = 8 * 2**20
 # Past this share of the index as candidates, the second pass would cost more than scoring all.
 MAX_CANDIDATE_SHARE = 0.25

@@ -1,18 +1,11 @@
-"""Checking and decoding uploaded images.
+"""Checking uploaded images, then decoding them with the project's one decoder.
 
 The header is read first (Pillow parses only the header on `open`), so that a decompression bomb
--- a few KB of PNG announcing 30000 x 30000 pixels -- is refused before any pixel is decoded.
-
-The pixels must be exactly those `model.transforms.load_image_rgb` gives training and evaluation,
-so Pillow decodes them here too (cv2.imdecode agrees on plain JPEGs but converts grey, palette,
-alpha and 16-bit images differently). For an RGB image -- nearly every JPEG, and WebP or PNG
-without alpha -- the header's `open` is reused for the decode and the pixels are copied once;
-`load_image_rgb` opens the image a second time, copies it in `exif_transpose` and again in
-`convert("RGB")` before the array copy (about 0.15 ms of a 0.8 ms decode for the benchmark's
-616 x 112 JPEG). Any other mode goes through `load_image_rgb` itself.
-
-Given the size the image will be resized to (`fit`), a large JPEG is decoded at 1/2, 1/4 or 1/8
-scale by `model.transforms.reduce_jpeg_decode`, as training and evaluation decode it.
+-- a few KB of PNG announcing 30000 x 30000 pixels -- is refused before any pixel is decoded, and
+so that only JPEG, PNG and WebP within the service's pixel limit reach the decoder. The open image
+is then handed to `model.transforms.decode_open_image`, the decoder of training, evaluation and
+the indexer (Pillow, EXIF orientation, conversion to 8-bit RGB, the reduced JPEG decode given
+`fit`), so the service sees exactly their pixels; its errors become the service's `CorruptImage`.
 """
 
 from __future__ import annotations
@@ -21,9 +14,9 @@ import io
 import warnings
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from model.transforms import MAX_PIXELS, ImageLoadError, SizeFor, load_image_rgb, reduce_jpeg_decode
+from model.transforms import ImageLoadError, SizeFor, decode_open_image
 from service.errors import CorruptImage, EmptyUpload, ImageTooLarge, UnsupportedImage
 
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
@@ -78,31 +71,10 @@ def decode_upload(data: bytes, max_pixels: int, fit: SizeFor | None = None) -> n
     """
     im, fmt = _open_checked(data, max_pixels)
     with im:
-        # `load_image_rgb` refuses over MAX_PIXELS with its own message; let it say so.
-        if im.mode == "RGB" and im.width * im.height <= MAX_PIXELS:
-            try:
-                if fit is not None:
-                    reduce_jpeg_decode(im, fit)
-                im.load()  # full decode: a truncated file fails here
-            except (OSError, ValueError, SyntaxError) as exc:
-                raise CorruptImage(f"the {fmt} image cannot be decoded: cannot decode image: {exc}") from exc
-            if im.mode == "RGB":
-                return _rgb_pixels(im)
-    try:
-        return load_image_rgb(data, fit)
-    except ImageLoadError as exc:
-        raise CorruptImage(f"the {fmt} image cannot be decoded: {exc}") from exc
-
-
-def _rgb_pixels(im: Image.Image) -> np.ndarray:
-    """A loaded RGB image's pixels with its EXIF orientation applied, as `load_image_rgb` does.
-
-    The same orientation lookup and transpose as `ImageOps.exif_transpose`, in place (that
-    function copies the image when there is nothing to turn).
-    """
-    if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-        ImageOps.exif_transpose(im, in_place=True)
-    return np.asarray(im)
+        try:
+            return decode_open_image(im, fit)
+        except ImageLoadError as exc:
+            raise CorruptImage(f"the {fmt} image cannot be decoded: {exc.__cause__ or exc}") from exc
 
 
 def kind_of_size(width: int, height: int) -> str:

@@ -18,6 +18,7 @@ from service.core.config import ServiceSettings
 from service.core.state import AppState, shutdown, startup
 from service.errors import install_error_handlers
 from service.metrics import RequestMetricsMiddleware
+from service.schemas import install_openapi
 from service.upload_limit import UploadLimitMiddleware
 
 
@@ -48,6 +49,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     for module in (localize, tiles, health, metrics, ui):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    install_openapi(app, settings)
     return app
 
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model.runtime import claim_pool, compute_single_threaded
 from service.batcher import MicroBatcher
 from service.catalog import TilePlace
 from service.localizer import Localizer
 from service.snapshot import IndexSnapshot
 from service.store import SnapshotStore
-from service.torch_threads import claim_pool, compute_single_threaded
 
 # Decoding takes about a third of a forward pass's time per image, so a quarter of the cores keep
 # the forward fed; on 2 cores one thread served as many requests/s as two, with less preemption.
@@ -154,7 +154,7 @@ class LocalizationService:
     async def start(self) -> None:
         await self.batcher.start()
         # The batch thread runs every forward pass and search: it alone gets torch's thread pool
-        # (`service.torch_threads`); threads started later compute with one.
+        # (`model.runtime`); threads started later compute with one.
         await self.batcher.solo(lambda: claim_pool(self.torch_threads))
         compute_single_threaded()
 

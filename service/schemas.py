@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import PurePath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from fastapi import FastAPI
+from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic.json_schema import models_json_schema
 
 from service.catalog import TileRecord
+from service.core.config import ServiceSettings
 from service.pipeline import LocalizeResult
 
-Bbox = tuple[float, float, float, float]
+
+def number_array(n: int) -> WithJsonSchema:
+    """JSON schema of an n-tuple of floats as an array of n numbers. Pydantic writes tuples with
+    `prefixItems`, valid OpenAPI 3.1 that some tools (schemathesis among them) still mishandle."""
+    return WithJsonSchema({"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n})
+
+
+Bbox = Annotated[tuple[float, float, float, float], number_array(4)]
 
 
 class CandidateOut(BaseModel):
@@ -38,6 +48,47 @@ class LocalizeOut(BaseModel):
     batch_size: int = Field(description="images in the forward pass this request shared")
 
 
+class PointOut(BaseModel):
+    """GeoJSON Point of a candidate's tile centre."""
+
+    type: Literal["Point"]
+    coordinates: Annotated[tuple[float, float], number_array(2)] = Field(description="[lon, lat] in degrees")
+
+
+class CandidateFeatureOut(BaseModel):
+    """GeoJSON Feature of one ranked tile; `properties` are the candidate's JSON fields."""
+
+    type: Literal["Feature"]
+    id: int = Field(description="tile id")
+    bbox: Bbox
+    geometry: PointOut
+    properties: CandidateOut
+
+
+class LocalizeGeoJsonOut(BaseModel):
+    """Answer of POST /localize as an RFC 7946 FeatureCollection (`?format=geojson`, or an Accept
+    header asking for application/geo+json); the request-level fields are foreign members."""
+
+    type: Literal["FeatureCollection"]
+    features: list[CandidateFeatureOut]
+    build_id: int
+    kind: Literal["panorama", "photo"]
+    k: int
+    timings_ms: dict[str, float]
+    batch_size: int
+
+
+class ErrorOut(BaseModel):
+    """Body of every error answer (4xx, 503): `{"detail": "<what is wrong>"}`."""
+
+    detail: str = Field(description="what is wrong, in words")
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries of a route: each status code with its description and an ErrorOut body."""
+    return {code: {"model": ErrorOut, "description": text} for code, text in descriptions.items()}
+
+
 class TileOut(BaseModel):
     """Metadata of one tile (GET /tiles/{id})."""
 
@@ -48,7 +99,7 @@ class TileOut(BaseModel):
     bbox: Bbox
     footprint: dict[str, Any] = Field(description="GeoJSON Polygon of the true footprint ([lon, lat])")
     source: str = Field(description="file name of the tile's source raster or image (no server folders)")
-    window: tuple[float, float, float, float] | None = Field(
+    window: Annotated[tuple[float, float, float, float], number_array(4)] | None = Field(
         description="(col_off, row_off, width, height) in source pixels; null for pre-cut tiles"
     )
     crs: str | None
@@ -63,7 +114,11 @@ class HealthOut(BaseModel):
 
 class ReadyOut(BaseModel):
     ready: bool
-    reasons: list[str]
+    reasons: list[str] = Field(description="why the service is not ready (empty when ready)")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="ready, but not as configured (e.g. an older build served: the active one is corrupt)",
+    )
     build_id: int | None
     ntotal: int | None
     weights_sha256: str | None
@@ -127,3 +182,54 @@ def tile_out(tile: TileRecord) -> TileOut:
         size_m=tile.size_m,
         image_url=f"/tiles/{tile.id}/image",
     )
+
+
+SCHEMA_REF = "#/components/schemas/{model}"
+# Models the routes name by `$ref` only (the GeoJSON answer), which FastAPI does not collect itself.
+REFERENCED_MODELS: tuple[type[BaseModel], ...] = (LocalizeGeoJsonOut, ErrorOut)
+VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def install_openapi(app: FastAPI, settings: ServiceSettings) -> None:
+    """Make `app.openapi()` state what the service really answers.
+
+    FastAPI documents a 422 with its own `HTTPValidationError` body on every route with parameters;
+    this service answers `{"detail": "<text>"}` (service.errors), so every 422 is an ErrorOut. The
+    models referenced only by `$ref` are added to the components, and the upload limits of this
+    instance are written into the description of POST /localize's body.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)  # generates and caches app.openapi_schema
+            _fix_openapi(schema, settings)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _fix_openapi(schema: dict[str, Any], settings: ServiceSettings) -> None:
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    _, defs = models_json_schema([(m, "serialization") for m in REFERENCED_MODELS], ref_template=SCHEMA_REF)
+    for name, definition in defs.get("$defs", {}).items():
+        components.setdefault(name, definition)
+    error_ref = SCHEMA_REF.format(model=ErrorOut.__name__)
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422")
+            if answer is None:
+                continue
+            content = answer.setdefault("content", {}).setdefault("application/json", {})
+            if content.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                answer["description"] = "invalid request: `detail` names each invalid input and why"
+                content["schema"] = {"$ref": error_ref}
+    text = json.dumps(schema.get("paths", {}))
+    for name in VALIDATION_SCHEMAS:
+        if f'/{name}"' not in text:
+            components.pop(name, None)
+    body = schema.get("paths", {}).get("/localize", {}).get("post", {}).get("requestBody")
+    if body is not None:
+        body["description"] = (
+            f"{body.get('description', '')}. This instance: at most {settings.max_upload_mb:g} MiB "
+            f"({settings.max_upload_bytes} bytes) and {settings.max_image_pixels} pixels"
+        )

@@ -6,9 +6,8 @@ mixes ids of one build with tiles of another.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from model.runtime import omp_threads, search_threads
 from service.catalog import BuildInfo, Catalog, TilePlace
 from service.errors import IndexBuildError
 from service.flat_search import FlatView
@@ -44,48 +44,19 @@ class IndexSnapshot:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Inner-product search: (n, d) float32 -> scores (n, k) float32 and ids (n, k) int64.
 
-        Ids are tile ids; -1 marks an empty slot (k larger than the index).
+        Ids are tile ids; -1 marks an empty slot (k larger than the index). An exact flat index
+        is searched by torch with the calling thread's pool; any other by FAISS with the
+        runtime's search threads (`model.runtime.set_search_threads`) in the calling thread.
         """
         if self.flat is not None:
             return self.flat.search(queries, k)
-        with omp_threads(_search_threads):
+        with omp_threads(search_threads()):
             scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, ids
 
     def lookup(self, ids: np.ndarray) -> list[TilePlace | None]:
         """The tile of each id (None for -1 or an id the catalogue lacks)."""
         return [self.tiles.get(int(i)) if i >= 0 else None for i in ids]
-
-
-# OpenMP threads of every search, applied in the thread that searches (see `omp_threads`).
-_search_threads = 1
-
-
-def set_search_threads(n: int) -> None:
-    """Threads FAISS may use for each search, from now on, in whichever thread searches."""
-    global _search_threads
-    _search_threads = n
-
-
-@contextlib.contextmanager
-def omp_threads(n: int) -> Iterator[None]:
-    """Let OpenMP use `n` threads in the calling thread for the block, then restore the old count.
-
-    The OpenMP thread count is a per-thread setting, so setting it once in the thread that starts
-    the service does not reach the thread that searches. When torch is imported before faiss,
-    both share torch's OpenMP runtime and this one setting: the searching thread also runs the
-    forward passes, which must keep their own count, hence the restore. A flat search with two
-    threads there took 2.3 ms against 0.7 ms with one (10 000 x 256, batch 1, 2 cores).
-    """
-    before = faiss.omp_get_max_threads()
-    if before == n:
-        yield
-        return
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def resolve_index_dir(index_path: str, index_root: Path) -> Path:

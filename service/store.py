@@ -19,6 +19,10 @@ from service.snapshot import IndexSnapshot, load_snapshot
 log = logging.getLogger(__name__)
 
 
+def _fallback_note(active_id: int, why: str, served_id: int | None) -> str:
+    return f"active build {active_id} cannot be loaded ({why}); serving build {served_id}"
+
+
 class SnapshotStore:
     """The current `IndexSnapshot` (or None) and the logic that refreshes it."""
 
@@ -37,6 +41,8 @@ class SnapshotStore:
         self.on_swap = on_swap
         self._snapshot: IndexSnapshot | None = None
         self.last_error: str | None = None
+        # Set while an older build is served because the active one cannot be loaded.
+        self.fallback_note: str | None = None
         self._failed_build: int | None = None
 
     @property
@@ -65,21 +71,49 @@ class SnapshotStore:
             return False
         current_id = self._snapshot.build_id if self._snapshot else None
         if build.id == current_id:
-            self.last_error = None
+            self.last_error = self.fallback_note = None
             return False
         if build.id == self._failed_build:
             return False
         try:
             snap = load_snapshot(self.catalog, build, self.index_root, self.weights_sha256, self.dim)
         except ServiceError as exc:
-            self._failed_build, self.last_error = build.id, str(exc)
+            self._failed_build, self.last_error = build.id, self._public(exc)
             log.error("build %d not loaded, still serving build %s: %s", build.id, current_id, exc)
+            if self._snapshot is None:
+                return self._fall_back(build.id, self.last_error)
+            self.fallback_note = _fallback_note(build.id, self.last_error, current_id)
             return False
-        self._snapshot, self._failed_build, self.last_error = snap, None, None
+        self._snapshot, self._failed_build, self.last_error, self.fallback_note = snap, None, None, None
+        self._announce(snap)
+        return True
+
+    def _fall_back(self, active_id: int, why: str) -> bool:
+        """With nothing served yet, serve the newest older build that loads (same weights)."""
+        for build in self.catalog.finished_builds(self.weights_sha256):
+            if build.id == active_id:
+                continue
+            try:
+                snap = load_snapshot(self.catalog, build, self.index_root, self.weights_sha256, self.dim)
+            except ServiceError as exc:
+                log.error("fallback build %d not loaded either: %s", build.id, exc)
+                continue
+            self._snapshot, self.last_error = snap, None
+            self.fallback_note = _fallback_note(active_id, why, build.id)
+            log.warning("%s", self.fallback_note)
+            self._announce(snap)
+            return True
+        return False
+
+    def _public(self, exc: Exception) -> str:
+        """The message without the server's index folder (it reaches /readyz and 503 details;
+        the log keeps the full path)."""
+        return str(exc).replace(f"{self.index_root}/", "").replace(str(self.index_root), "<index dir>")
+
+    def _announce(self, snap: IndexSnapshot) -> None:
         log.info("serving build %d (%d tiles)", snap.build_id, snap.ntotal)
         if self.on_swap is not None:
             self.on_swap(snap)
-        return True
 
     async def watch(self, poll_s: float) -> None:
         """Poll forever (until cancelled); loading happens in a worker thread."""

@@ -6,6 +6,7 @@ them programmatically against the same URL the caller then uses.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,21 +20,63 @@ from sqlalchemy.orm import Session
 from storage.errors import DatabaseError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+# Seconds to open a PostgreSQL connection (unless the URL sets `connect_timeout`) and to wait
+# for a free connection of the pool.
+CONNECT_TIMEOUT_S = 5
+POOL_TIMEOUT_S = 10
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets its parent folder created, foreign keys and a busy timeout."""
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """An engine for `url`; SQLite gets its parent folder created, foreign keys and a busy timeout.
+
+    `read_only` is for the readers (the service, `cvm localize`): a SQLite file is opened without
+    being created, so that pointing a reader at the wrong folder leaves nothing behind there.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise DatabaseError(f"invalid database URL {url!r}: {exc}") from None
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # A server that accepts connections but never answers must not hang its caller forever.
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        return create_engine(
+            parsed, pool_pre_ping=True, pool_timeout=POOL_TIMEOUT_S, connect_args=connect_args
+        )
+    file_db = bool(parsed.database) and parsed.database != ":memory:"
+    if file_db and read_only:
+        path = Path(str(parsed.database)).expanduser().resolve()
+        engine = create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(
+                f"{path.as_uri()}?mode=ro", uri=True, timeout=30, check_same_thread=False
+            ),
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if file_db:
+        Path(str(parsed.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, connect_args={"timeout": 30})
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def is_missing_catalogue(exc: BaseException) -> bool:
+    """True when a database error only means that no catalogue was written there yet: the SQLite
+    file does not exist, or the tables were never created (no build ever ran)."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return any(marker in text for marker in _MISSING_CATALOGUE)
+
+
+# SQLite's and PostgreSQL's words for a missing file or table (a missing PostgreSQL *database*
+# is a configuration error and is not among them).
+_MISSING_CATALOGUE = (
+    "no such table",
+    "unable to open database file",
+    'relation "builds" does not exist',
+    'relation "tiles" does not exist',
+)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -8,11 +8,12 @@ reconstructed by id (`cvm-index verify`); IVF-PQ takes ids natively. `index_meta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,13 @@ def write_index(index: Any, folder: Path, meta: dict[str, Any]) -> None:
     """Write index.faiss and index_meta.json into `folder` (a not-yet-published temporary folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(folder / INDEX_FILE))
-    full = {"metric": "inner_product", "d": int(index.d), "ntotal": int(index.ntotal), **meta}
+    full = {
+        "metric": "inner_product",
+        "d": int(index.d),
+        "ntotal": int(index.ntotal),
+        **meta,
+        "index_sha256": file_sha256(folder / INDEX_FILE),
+    }
     (folder / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True))
     for name in (INDEX_FILE, META_FILE):
         fsync_path(folder / name)
@@ -150,10 +157,25 @@ def read_index(build_dir: Path) -> tuple[Any, dict[str, Any]]:
         raise IndexMismatch(f"{meta_path}: cannot read index metadata ({exc})") from None
     if not isinstance(meta, dict) or not {"d", "ntotal", "factory", "metric"} <= set(meta):
         raise IndexMismatch(f"{meta_path}: index metadata lacks factory/d/metric/ntotal")
+    # The checksum comes first: a damaged file can announce sizes that FAISS would try to
+    # allocate before noticing anything wrong. Builds written before checksums were recorded
+    # are read without one.
+    expected = meta.get("index_sha256")
+    if expected is not None:
+        try:
+            actual = file_sha256(index_path)
+        except OSError as exc:
+            raise IndexMismatch(f"{index_path}: cannot read the index ({exc.strerror or exc})") from None
+        if actual != expected:
+            raise IndexMismatch(
+                f"{index_path}: checksum mismatch, the file changed after its build wrote it "
+                f"(sha256 {actual[:12]}..., {META_FILE} says {str(expected)[:12]}...)"
+            )
     try:
         index = faiss.read_index(str(index_path))
-    except RuntimeError as exc:
-        raise IndexMismatch(f"{index_path}: unreadable FAISS index ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, MemoryError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+        raise IndexMismatch(f"{index_path}: unreadable FAISS index ({reason})") from None
     if index.d != int(meta["d"]) or index.ntotal != int(meta["ntotal"]):
         raise IndexMismatch(
             f"{build_dir}: index holds {index.ntotal} vectors of {index.d} dims, "
@@ -161,7 +183,60 @@ def read_index(build_dir: Path) -> tuple[Any, dict[str, Any]]:
         )
     if index.metric_type != faiss.METRIC_INNER_PRODUCT or meta["metric"] != "inner_product":
         raise IndexMismatch(f"{build_dir}: index metric is not inner product")
+    bad = first_non_finite(index)
+    if bad is not None:
+        raise IndexMismatch(f"{index_path}: {bad} holds a value that is not finite (NaN or infinity)")
     return index, meta
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def first_non_finite(index: Any) -> str | None:
+    """The name of the first float array of `index` holding NaN or infinity, or None.
+
+    Checked: the stored vectors of flat and HNSW indexes, and the coarse centroids and PQ
+    codebooks of IVF-PQ indexes (whose codes are integers). One NaN there would turn every
+    search's scores into NaN.
+    """
+    for name, array in _float_arrays(index):
+        for start in range(0, array.size, 1 << 22):
+            if not np.isfinite(array[start : start + (1 << 22)]).all():
+                return name
+    return None
+
+
+def _float_arrays(index: Any) -> Iterator[tuple[str, np.ndarray]]:
+    inner: Any = faiss.downcast_index(index)
+    if hasattr(inner, "id_map"):  # IDMap / IDMap2 wrap the real index
+        inner = faiss.downcast_index(inner.index)
+    if isinstance(inner, faiss.IndexHNSW):
+        inner = faiss.downcast_index(inner.storage)
+    if isinstance(inner, faiss.IndexFlat):
+        yield "the stored vectors", _flat_vectors(inner)
+        return
+    ivf = _ivf_or_none(index)
+    if ivf is not None:
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if isinstance(quantizer, faiss.IndexFlat):
+            yield "the coarse centroids", _flat_vectors(quantizer)
+        pq = getattr(faiss.downcast_index(ivf), "pq", None)
+        if pq is not None:
+            yield "the PQ codebooks", faiss.vector_to_array(pq.centroids)
+
+
+def _flat_vectors(flat: Any) -> np.ndarray:
+    """The (ntotal * d,) float32 storage of a flat index, as a view (no copy)."""
+    n = int(flat.ntotal) * int(flat.d)
+    if n == 0:
+        return np.zeros(0, np.float32)
+    return faiss.rev_swig_ptr(flat.get_xb(), n)
 
 
 def stored_vectors(index: Any, ids: np.ndarray) -> np.ndarray:

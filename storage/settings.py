@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,3 +41,15 @@ class Settings(BaseSettings):
         """`index_dir`, typed as always set (the validator fills it in)."""
         assert self.index_dir is not None
         return self.index_dir
+
+
+def describe_invalid_settings(exc: ValidationError) -> str:
+    """One line per invalid setting, named as the user sets it, e.g.
+    "CVM_PORT=99999: Input should be less than or equal to 65535"."""
+    parts = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        given = err.get("input")
+        shown = f"={given}" if isinstance(given, str | int | float) else ""
+        parts.append(f"CVM_{name.upper()}{shown}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)

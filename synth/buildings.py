@@ -7,16 +7,13 @@ of a building (its roof) says something about what the ground view shows (its wa
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from synth import layout as L
 from synth import textures
-from synth.objects import Rect, _stamp, beside, inside, is_free, rect_patch, road_frames
-
-if TYPE_CHECKING:
-    from synth.world import World
+from synth.raster import Patch, Rect, beside, inside, is_free, rect_patch, stamp
+from synth.world import World
 
 
 def _density_at(density: np.ndarray, world: World, point: np.ndarray) -> float:
@@ -30,9 +27,9 @@ def place_buildings(world: World, roads: list[L.Road], density: np.ndarray, rng:
     """Walk both sides of every road and put buildings on free ground, denser where `density`
     (a coarse (n, n) noise grid over the world) is high."""
     for road in roads:
-        kerb = road.width_m / 2 + (0.0 if road.kind == L.LANE else 2.0)
+        kerb = road.width_m / 2 + (0.0 if road.kind == L.LANE else L.SIDEWALK_M)
         for side in (-1.0, 1.0):
-            for point, tangent in road_frames(road, (13.0, 30.0), rng):
+            for point, tangent in L.road_frames(road, (13.0, 30.0), rng):
                 d = _density_at(density, world, point)
                 if rng.random() > float(np.clip(0.45 + 0.3 * d, 0.08, 0.95)):
                     continue
@@ -40,7 +37,7 @@ def place_buildings(world: World, roads: list[L.Road], density: np.ndarray, rng:
                 for _row in range(1 + int(rng.random() < 0.35 + 0.2 * d)):
                     half_b = rng.uniform(4.0, 9.0 + 3.0 * max(d, 0.0))
                     parts = _footprint(point, tangent, side, offset + half_b, half_b, rng)
-                    if all(is_free(world, p, 1.0) for p in parts):
+                    if all(is_free(world, p, 1.0, L.FREE) for p in parts):
                         _add_building(world, parts, d, rng)
                     offset += 2 * half_b + rng.uniform(6.0, 16.0)
 
@@ -100,7 +97,7 @@ def _stamp_part(
         height = height + 0.6 * rim
     noise = rng.standard_normal(mask.shape, dtype=np.float32)
     top = roof * (1.0 + 0.05 * noise)[..., None]
-    _stamp(
+    stamp(
         world,
         patch,
         mask,
@@ -111,7 +108,7 @@ def _stamp_part(
     )
 
 
-def _wall_colours(world: World, part: Rect, patch, wall: np.ndarray) -> np.ndarray:
+def _wall_colours(world: World, part: Rect, patch: Patch, wall: np.ndarray) -> np.ndarray:
     """Wall colour (h, w, 3) lit by the sun according to the nearest wall's outward normal."""
     ca, sa = math.cos(part.angle), math.sin(part.angle)
     on_a = (part.half_a - np.abs(patch.s)) < (part.half_b - np.abs(patch.t))
@@ -139,4 +136,4 @@ def _rooftop_units(world: World, base: Rect, eave: float, rng: np.random.Generat
         grey = np.float32(rng.uniform(150, 210))
         h = np.full(mask.shape, eave + rng.uniform(1.0, 2.5), np.float32)
         top = np.full((*mask.shape, 3), grey, np.float32)
-        _stamp(world, patch, mask, L.BUILDING, h, top, np.array([grey, grey, grey], np.float32) * 0.8)
+        stamp(world, patch, mask, L.BUILDING, h, top, np.array([grey, grey, grey], np.float32) * 0.8)

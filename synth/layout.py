@@ -7,16 +7,20 @@ streets branch off them at irregular spacing and angles instead of forming a gri
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+
+from synth.raster import draw_path
 
 # Ground classes of the class raster.
 GRASS, BARE, WATER, ROAD, SIDEWALK, PARKING, BUILDING, TREE, CAR = range(1, 10)
 CLASS_NAMES = ("", "grass", "bare", "water", "road", "sidewalk", "parking", "building", "tree", "car")
+FREE = (GRASS, BARE)  # open ground on which objects may be placed
 
 MAIN, STREET, LANE = 0, 1, 2
+SIDEWALK_M = 2.0  # sidewalk width on each side of main roads and streets (lanes have none)
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,30 @@ def main_roads(extent_m: float, rng: np.random.Generator) -> list[Road]:
     return roads
 
 
+def arc_lengths(points: np.ndarray) -> np.ndarray:
+    """Distance (n,) in metres along the polyline `points` (n, 2) from its first point."""
+    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    return np.concatenate([[0.0], np.cumsum(seg)])
+
+
 def _tangent(points: np.ndarray, i: int) -> np.ndarray:
     j0, j1 = max(i - 1, 0), min(i + 1, len(points) - 1)
     d = points[j1] - points[j0]
     return d / (np.linalg.norm(d) + 1e-9)
+
+
+def road_frames(
+    road: Road, spacing: tuple[float, float], rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (point (2,), unit tangent (2,)) at random spacing along a road."""
+    pts = road.points
+    arc = arc_lengths(pts)
+    s = rng.uniform(*spacing) / 2
+    while s < arc[-1]:
+        i = min(int(np.searchsorted(arc, s)), len(pts) - 1)
+        point = np.array([np.interp(s, arc, pts[:, 0]), np.interp(s, arc, pts[:, 1])])
+        yield point, _tangent(pts, i)
+        s += rng.uniform(*spacing)
 
 
 class RoadMask:
@@ -104,9 +128,7 @@ class RoadMask:
         self.mask = np.zeros((n, n), dtype=np.uint8)
 
     def add(self, road: Road) -> None:
-        pts = np.round(road.points / self.CELL_M * 4).astype(np.int32).reshape(-1, 1, 2)
-        thickness = max(1, int(round((road.width_m + 8.0) / self.CELL_M)))
-        cv2.polylines(self.mask, [pts], False, 1, thickness, cv2.LINE_8, 2)
+        draw_path(self.mask, road.points, road.width_m + 8.0, 1, self.CELL_M)
 
     def hits(self, path: np.ndarray) -> np.ndarray:
         """Boolean (n,): which path points lie near a road (outside the raster: False)."""
@@ -150,8 +172,7 @@ def branches(
     out = []
     for parent in parents:
         pts = parent.points
-        seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
-        arc = np.concatenate([[0.0], np.cumsum(seg)])
+        arc = arc_lengths(pts)
         s = rng.uniform(*spacing)
         while s < arc[-1]:
             i = min(int(np.searchsorted(arc, s)), len(pts) - 1)

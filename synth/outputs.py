@@ -5,29 +5,39 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from synth.pairs import AERIAL_M, AERIAL_PX, PHOTO_SIZE
+from synth.pairs import (
+    AERIAL_M,
+    AERIAL_PX,
+    CVUSA_AERIAL_DIR,
+    CVUSA_DIR,
+    CVUSA_PANO_DIR,
+    GROUND_DIR,
+    PHOTO_SIZE,
+    PHOTOS_DIR,
+    PairSpec,
+)
 from synth.panorama import EYE_M, PANO_BOTTOM_DEG, PANO_SIZE, PANO_TOP_DEG
+from synth.world import World
 
-if TYPE_CHECKING:
-    from synth.pairs import PairSpec
-    from synth.world import World
-    from synth.writer import SynthOptions
-
+GROUND_CSV = "ground.csv"
+WORLD_JSON = "world.json"
+SPLITS_DIR = "splits"  # this and the next two: relative to CVUSA_DIR
+LOCATIONS_DIR = "split_locations"
+ANNOTATIONS_DIR = "streetview/annotations"  # named by the split files, never written
 GROUND_COLUMNS = ("id", "lat", "lon", "heading_deg", "fov_deg", "file", "photo_file", "split")
 FORMAT_VERSION = 1
 
 
 def cvusa_line(pair_id: str) -> str:
     """One line of a CVUSA split file (no header): aerial, panorama and annotation paths."""
-    return f"bingmap/19/{pair_id}.jpg,streetview/panos/{pair_id}.jpg,streetview/annotations/{pair_id}.png"
+    return f"{CVUSA_AERIAL_DIR}/{pair_id}.jpg,{CVUSA_PANO_DIR}/{pair_id}.jpg,{ANNOTATIONS_DIR}/{pair_id}.png"
 
 
 def write_tables(out: Path, specs: list[PairSpec]) -> None:
     """ground.csv, cvusa/splits/{train,val}-19zl.csv and cvusa/split_locations/all.csv."""
     specs = sorted(specs, key=lambda s: s.index)
-    with open(out / "ground.csv", "w", newline="") as f:
+    with open(out / GROUND_CSV, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(GROUND_COLUMNS)
         for s in specs:
@@ -38,25 +48,25 @@ def write_tables(out: Path, specs: list[PairSpec]) -> None:
                     f"{s.lon:.8f}",
                     f"{s.heading_deg:.2f}",
                     f"{s.fov_deg:.2f}",
-                    f"ground/{s.id}.jpg",
-                    f"photos/{s.id}.jpg",
+                    f"{GROUND_DIR}/{s.id}.jpg",
+                    f"{PHOTOS_DIR}/{s.id}.jpg",
                     s.split,
                 ]
             )
     for split in ("train", "val"):
         lines = [cvusa_line(s.id) + "\n" for s in specs if s.split == split]
-        (out / "cvusa" / "splits" / f"{split}-19zl.csv").write_text("".join(lines))
+        (out / CVUSA_DIR / SPLITS_DIR / f"{split}-19zl.csv").write_text("".join(lines))
     rows = [f"{s.lat:.8f},{s.lon:.8f},{s.lat:.8f},{s.lon:.8f},0\n" for s in specs]
-    (out / "cvusa" / "split_locations" / "all.csv").write_text("".join(rows))
+    (out / CVUSA_DIR / LOCATIONS_DIR / "all.csv").write_text("".join(rows))
 
 
-def write_world_json(out: Path, world: World, opts: SynthOptions, n_pairs: int) -> None:
+def write_world_json(out: Path, world: World, n_pairs: int, val_fraction: float) -> None:
     """Parameters of the world, for people and for tools that read the directory."""
     frame = world.frame
     west, north = frame.west_north
     meta = {
         "format_version": FORMAT_VERSION,
-        "seed": opts.seed,
+        "seed": world.seed,
         "origin_lat": frame.origin_lat,
         "origin_lon": frame.origin_lon,
         "origin_is": "centre",
@@ -69,7 +79,7 @@ def write_world_json(out: Path, world: World, opts: SynthOptions, n_pairs: int) 
         "sun_azimuth_deg": world.sun_az_deg,
         "sun_elevation_deg": world.sun_el_deg,
         "pairs": n_pairs,
-        "val_fraction": opts.val_fraction,
+        "val_fraction": val_fraction,
         "aerial_m": AERIAL_M,
         "aerial_px": AERIAL_PX,
         "panorama": {
@@ -82,4 +92,4 @@ def write_world_json(out: Path, world: World, opts: SynthOptions, n_pairs: int) 
         },
         "photo": {"rows": PHOTO_SIZE[0], "cols": PHOTO_SIZE[1]},
     }
-    (out / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / WORLD_JSON).write_text(json.dumps(meta, indent=2) + "\n")

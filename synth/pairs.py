@@ -20,9 +20,16 @@ from synth.geo import WorldFrame
 from synth.panorama import render_panorama, render_photo
 from synth.world import World
 
-AERIAL_M = 70.0
+AERIAL_M = 70.0  # side of an aerial crop on the ground, metres
 AERIAL_PX = 256
 PHOTO_SIZE = (240, 320)  # rows, cols (4:3)
+
+# Folders of a pair's images, relative to the output directory; files are named <id>.jpg.
+GROUND_DIR = "ground"  # panoramas
+PHOTOS_DIR = "photos"
+CVUSA_DIR = "cvusa"
+CVUSA_AERIAL_DIR = "bingmap/19"  # this and the next: relative to CVUSA_DIR, as its split files name them
+CVUSA_PANO_DIR = "streetview/panos"
 
 _SHARED: dict[str, object] = {}
 
@@ -88,7 +95,8 @@ def init_worker(shared: SharedWorld) -> None:
 
 
 def aerial_crop(ortho: np.ndarray, x_px: float, y_px: float, gsd_m: float) -> np.ndarray:
-    """North-up crop (256, 256, 3) of `ortho` covering 70 m x 70 m centred on (x_px, y_px)."""
+    """North-up crop (AERIAL_PX, AERIAL_PX, 3) of `ortho` covering AERIAL_M x AERIAL_M metres centred
+    on (x_px, y_px)."""
     scale = AERIAL_M / gsd_m / AERIAL_PX  # source pixels per output pixel
     # OpenCV puts pixel centres at integer coordinates, ours at +0.5: hence the -0.5.
     x0 = x_px - AERIAL_M / gsd_m / 2 + 0.5 * scale - 0.5
@@ -112,10 +120,10 @@ def render_pair(spec: PairSpec) -> str:
     photo_jpg = _encode(photo, appearance.sample_style(rng, aerial=False), rng)
     crop = aerial_crop(ortho, spec.x_px, spec.y_px, world.frame.gsd_m)
     aerial_jpg = _encode(crop, appearance.sample_style(rng, aerial=True), rng)
-    (out / "ground" / f"{spec.id}.jpg").write_bytes(pano_jpg)
-    (out / "cvusa" / "streetview" / "panos" / f"{spec.id}.jpg").write_bytes(pano_jpg)
-    (out / "photos" / f"{spec.id}.jpg").write_bytes(photo_jpg)
-    (out / "cvusa" / "bingmap" / "19" / f"{spec.id}.jpg").write_bytes(aerial_jpg)
+    (out / GROUND_DIR / f"{spec.id}.jpg").write_bytes(pano_jpg)
+    (out / CVUSA_DIR / CVUSA_PANO_DIR / f"{spec.id}.jpg").write_bytes(pano_jpg)
+    (out / PHOTOS_DIR / f"{spec.id}.jpg").write_bytes(photo_jpg)
+    (out / CVUSA_DIR / CVUSA_AERIAL_DIR / f"{spec.id}.jpg").write_bytes(aerial_jpg)
     return spec.id
 
 

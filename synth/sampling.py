@@ -22,6 +22,7 @@ from synth.world import World
 
 ON_ROAD = (L.ROAD, L.SIDEWALK)
 OPEN = (L.GRASS, L.BARE, L.PARKING)
+EDGE_M = 1.0  # least distance from an aerial crop around a camera to the world's edge
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,16 @@ class SplitPlan:
     n_val: int
 
 
+def usable_range(extent_m: float, tile_m: float) -> tuple[float, float]:
+    """Range of camera u (or v) in metres whose `tile_m` aerial crop lies inside the world."""
+    return tile_m / 2 + EDGE_M, extent_m - tile_m / 2 - EDGE_M
+
+
 def plan_split(extent_m: float, n: int, val_fraction: float, tile_m: float) -> SplitPlan:
     """Split the usable width (aerial crops stay inside the world) into train | gap | val."""
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"--val-fraction must lie in 0..1, got {val_fraction}")
-    lo, hi = tile_m / 2 + 1.0, extent_m - tile_m / 2 - 1.0
+    lo, hi = usable_range(extent_m, tile_m)
     n_val = int(round(val_fraction * n))
     if n_val in (0, n):
         full = (lo, hi) if hi > lo else (lo, lo)

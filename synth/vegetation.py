@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import cv2
 import numpy as np
 
 from synth import layout as L
 from synth import textures
-from synth.objects import FREE, Rect, _stamp, rect_patch, road_frames
-
-if TYPE_CHECKING:
-    from synth.world import World
+from synth.raster import Rect, rect_patch, stamp
+from synth.world import World
 
 NO_TREE = (L.BUILDING, L.WATER, L.CAR)
+CROWN_SIDE_SHADE = 0.72  # sides of tree crowns are darker than their sunlit tops
 
 
 def add_tree(
@@ -34,7 +31,7 @@ def add_tree(
         textures.CROWN_PALETTE[rng.integers(len(textures.CROWN_PALETTE))], rng, 0.1
     )
     top = colour * (1.0 + 0.16 * ragged - 0.25 * r2)[..., None]
-    _stamp(world, patch, mask, L.TREE, height, top, top * 0.72)
+    stamp(world, patch, mask, L.TREE, height, top, top * CROWN_SIDE_SHADE)
 
 
 def place_trees(world: World, roads: list[L.Road], rng: np.random.Generator) -> None:
@@ -44,14 +41,14 @@ def place_trees(world: World, roads: list[L.Road], rng: np.random.Generator) -> 
         if road.kind != L.STREET or rng.random() > 0.45:
             continue
         radius = rng.uniform(2.0, 4.0)
-        for point, tangent in road_frames(road, (9.0, 15.0), rng):
+        for point, tangent in L.road_frames(road, (9.0, 15.0), rng):
             for side in (-1.0, 1.0):
                 normal = np.array([-tangent[1], tangent[0]]) * side
                 p = point + normal * (road.width_m / 2 + 3.5)
-                _maybe_tree(world, p, radius * rng.uniform(0.85, 1.15), rng, allowed=(*FREE, L.SIDEWALK))
+                _maybe_tree(world, p, radius * rng.uniform(0.85, 1.15), rng, allowed=(*L.FREE, L.SIDEWALK))
     extent = size * gsd
     for p in rng.uniform(0, extent, size=(int(extent * extent * 0.0012), 2)):
-        _maybe_tree(world, p, rng.uniform(2.0, 5.5), rng, allowed=FREE)
+        _maybe_tree(world, p, rng.uniform(2.0, 5.5), rng, allowed=L.FREE)
 
 
 def _maybe_tree(
@@ -70,7 +67,7 @@ def grow_forest(world: World, rng: np.random.Generator) -> None:
     gsd, size = world.frame.gsd_m, world.size_px
     shape = (size, size)
     patches = textures.value_noise(shape, 160.0 / gsd, rng, 2) > 1.0
-    free = np.isin(world.cls, FREE).astype(np.uint8)
+    free = np.isin(world.cls, L.FREE).astype(np.uint8)
     k = max(3, int(round(8.0 / gsd)) | 1)
     free = cv2.erode(free, np.ones((k, k), np.uint8)).astype(bool)
     mask = patches & free
@@ -84,4 +81,4 @@ def grow_forest(world: World, rng: np.random.Generator) -> None:
     world.cls[mask] = L.TREE
     world.height[mask] = np.clip(tall * (0.85 + 0.12 * clumps), 3.0, None)
     world.albedo[mask] = np.clip(top, 0, 255)
-    world.side[mask] = np.clip(top * 0.72, 0, 255)
+    world.side[mask] = np.clip(top * CROWN_SIDE_SHADE, 0, 255)

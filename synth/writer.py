@@ -25,14 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from synth import pairs, sampling
+from synth import outputs, pairs, sampling
+from synth.generate import generate_world
 from synth.geo import DEFAULT_ORIGIN, WorldFrame
 from synth.ortho import render_ortho, write_geotiff
-from synth.pairs import PairSpec
-from synth.world import World, generate_world
+from synth.pairs import AERIAL_M, CVUSA_DIR, GROUND_DIR, PHOTOS_DIR, PairSpec
+from synth.world import World
 
-AERIAL_M = 70.0
-OUTPUTS = ("ortho.tif", "ground.csv", "world.json", "ground", "photos", "cvusa")
+ORTHO_TIF = "ortho.tif"
+# Everything `prepare_out` clears before an --overwrite run.
+OUTPUTS = (ORTHO_TIF, outputs.GROUND_CSV, outputs.WORLD_JSON, GROUND_DIR, PHOTOS_DIR, CVUSA_DIR)
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,8 @@ def prepare_out(out: Path, overwrite: bool) -> None:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    for sub in (
-        "ground",
-        "photos",
-        "cvusa/bingmap/19",
-        "cvusa/streetview/panos",
-        "cvusa/splits",
-        "cvusa/split_locations",
-    ):
+    cvusa = (pairs.CVUSA_AERIAL_DIR, pairs.CVUSA_PANO_DIR, outputs.SPLITS_DIR, outputs.LOCATIONS_DIR)
+    for sub in (GROUND_DIR, PHOTOS_DIR, *(f"{CVUSA_DIR}/{d}" for d in cvusa)):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
 
@@ -109,7 +105,7 @@ def place_pairs(world: World, opts: SynthOptions) -> list[PairSpec]:
     rng = np.random.default_rng([opts.seed, 3])
     extent = world.size_px * world.frame.gsd_m
     plan = sampling.plan_split(extent, opts.pairs, opts.val_fraction, AERIAL_M)
-    v_range = (AERIAL_M / 2 + 1.0, extent - AERIAL_M / 2 - 1.0)
+    v_range = sampling.usable_range(extent, AERIAL_M)
     train = sampling.sample_cameras(world, plan.train_u, v_range, plan.n_train, rng)
     val = sampling.sample_cameras(world, plan.val_u, v_range, plan.n_val, rng)
     xy = np.concatenate([train, val])
@@ -162,8 +158,6 @@ def render_all(
 
 def synthesize(opts: SynthOptions, progress: Callable[[int, int], None] | None = None) -> SynthResult:
     """Generate the world of `opts.seed` and write every output under `opts.out`."""
-    from synth import outputs
-
     opts.validate()
     prepare_out(opts.out, opts.overwrite)
     timings: dict[str, float] = {}
@@ -172,14 +166,14 @@ def synthesize(opts: SynthOptions, progress: Callable[[int, int], None] | None =
     ortho = render_ortho(world)
     timings["world_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    write_geotiff(opts.out / "ortho.tif", ortho, world)
+    write_geotiff(opts.out / ORTHO_TIF, ortho, world)
     specs = place_pairs(world, opts)
     timings["geotiff_and_sampling_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     render_all(world, ortho, opts, specs, progress)
     timings["pairs_s"] = time.perf_counter() - t2
     outputs.write_tables(opts.out, specs)
-    outputs.write_world_json(opts.out, world, opts, len(specs))
+    outputs.write_world_json(opts.out, world, len(specs), opts.val_fraction)
     timings["total_s"] = time.perf_counter() - t0
     return SynthResult(opts.out, specs, timings)
 

@@ -1,7 +1,8 @@
 """Service settings, read from `CVM_*` environment variables (pydantic-settings).
 
 Extends the indexer's settings, so `cvm-index` and `cvm serve` see the same catalogue (CVM_DATA_DIR,
-CVM_DATABASE_URL, CVM_INDEX_DIR) and the same weights (CVM_WEIGHTS) by default.
+CVM_DATABASE_URL, CVM_INDEX_DIR) and the same weights (CVM_WEIGHTS) by default, and the runtime's
+(`model.runtime.RuntimeSettings`: CVM_SEARCH_THREADS, CVM_TORCH_THREADS).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from model.runtime import RuntimeSettings
 from storage.settings import Settings
 
 
-class ServiceSettings(Settings):
+class ServiceSettings(RuntimeSettings, Settings):
     """Everything the localisation service can be configured with (env prefix `CVM_`)."""
 
     model_config = SettingsConfigDict(env_prefix="CVM_", extra="ignore")
@@ -28,12 +30,6 @@ class ServiceSettings(Settings):
     # on 2 cores: 16 clients got 59.6 req/s with at most 4, 47.8 with 16 (docs/benchmarks.md).
     max_batch: int = Field(default=4, ge=1, le=1024, description="most requests in one forward pass")
     build_poll_s: float = Field(default=2.0, gt=0, description="how often the active build id is checked, s")
-    # FAISS and torch each keep an OpenMP pool; on a few cores their spinning threads slow each
-    # other down (a batch-1 forward + search took 2x the forward alone with 2 FAISS threads here).
-    search_threads: int = Field(default=1, ge=1, le=256, description="FAISS OpenMP threads")
-    torch_threads: int = Field(
-        default=0, ge=0, le=256, description="torch intra-op threads of the forward pass; 0: torch's default"
-    )
     tile_image_px: int = Field(default=256, ge=16, le=2048, description="side of tile PNGs, px")
 
     @property

@@ -14,16 +14,14 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from model.allocator import reuse_freed_memory
+from model.runtime import compute_single_threaded, reuse_freed_memory, set_search_threads
 from model.weights import default_weights_path
 from service.catalog import Catalog
 from service.core.config import ServiceSettings
 from service.localizer import Localizer
 from service.metrics import Metrics
 from service.pipeline import LocalizationService
-from service.snapshot import set_search_threads
 from service.store import SnapshotStore
-from service.torch_threads import compute_single_threaded
 from storage.db import make_engine
 
 log = logging.getLogger("service")
@@ -74,7 +72,7 @@ async def startup(state: AppState) -> None:
     settings = state.settings
     log.info("settings: %s", redacted(settings))
     reuse_freed_memory()  # every request's forward pass would fault in fresh pages otherwise
-    state.catalog = Catalog(make_engine(settings.database_url))
+    state.catalog = Catalog(make_engine(settings.database_url, read_only=True))
     set_search_threads(settings.search_threads)
     if state.localizer is None:  # `cvm serve` loads it before starting, to report a bad file plainly
         state.localizer = await asyncio.to_thread(load_localizer, settings)

@@ -2,75 +2,56 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-import rasterio
-import torch
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 
-from model.checkpoint import save_checkpoint
-from model.config import preset_config
-from model.cvm_net import build_model
-from tests.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
-
-
-def _tiny_checkpoint(path: Path, sat_size: int, seed: int) -> Path:
-    """A random-weight CVM-Net-I: cpu preset shrunk to 8 channels, K=4, 16-d output."""
-    torch.manual_seed(seed)
-    cpu = preset_config("cvm-net-i", "cpu")
-    cfg = replace(cpu, preprocessing=replace(cpu.preprocessing, sat_size=sat_size), width_div=64)
-    cfg = replace(cfg, num_clusters=4, out_dim=16)
-    save_checkpoint(path, build_model(cfg))
-    return path
+from tests.support.rasters import (
+    random_pixels,
+    write_geotiff,
+    write_mercator_cog,
+    write_utm_with_nodata,
+    write_world_degrees,
+)
+from tests.support.tiny import tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """32 px satellite input covering 70 m (fast)."""
-    return _tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny32.pt", 32, seed=0)
+    return tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny32.pt", sat_size=32, seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_weights_128(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """128 px input as the cpu preset: 70 m tiles of a 0.6 m raster are read at full resolution."""
-    return _tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny128.pt", 128, seed=1)
+    return tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny128.pt", sat_size=128, seed=1)
 
 
 @pytest.fixture(scope="session")
 def other_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Same architecture as tiny_weights, other random weights (another sha256)."""
-    return _tiny_checkpoint(tmp_path_factory.mktemp("weights") / "other32.pt", 32, seed=7)
+    return tiny_checkpoint(tmp_path_factory.mktemp("weights") / "other32.pt", sat_size=32, seed=7)
 
 
-def write_geotiff(
-    path: Path,
-    data: np.ndarray,
-    crs: str | None,
-    transform: Affine | None,
-    nodata: float | None = None,
-) -> Path:
-    """Write (bands, h, w) `data` as a tiled GeoTIFF (its dtype kept)."""
-    profile: dict[str, Any] = dict(
-        driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=data.dtype
-    )
-    if crs is not None:
-        profile["crs"] = crs
-    if transform is not None:
-        profile["transform"] = transform
-    if nodata is not None:
-        profile["nodata"] = nodata
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # rasters without CRS on purpose
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(data)
-    return path
+@pytest.fixture(scope="session")
+def mercator_cog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated Cloud-Optimized GeoTIFF with cogeo.tif's georeferencing (Web Mercator, ~612 m)."""
+    return write_mercator_cog(tmp_path_factory.mktemp("rasters") / "mercator-cog.tif")
+
+
+@pytest.fixture(scope="session")
+def utm_nodata_raster(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated raster with RGB.byte.tif's georeferencing (UTM 18N, 300 m) and nodata corners."""
+    return write_utm_with_nodata(tmp_path_factory.mktemp("rasters") / "utm-nodata.tif")
+
+
+@pytest.fixture(scope="session")
+def degrees_raster(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated whole-world raster in degrees with world.rgb.tif's georeferencing."""
+    return write_world_degrees(tmp_path_factory.mktemp("rasters") / "world-degrees.tif")
 
 
 @pytest.fixture
@@ -88,9 +69,7 @@ def make_raster(tmp_path: Path) -> Callable[..., Path]:
         nodata: float | None = None,
         seed: int = 0,
     ) -> Path:
-        rng = np.random.default_rng(seed)
-        top = 255 if dtype == "uint8" else 4000
-        data = rng.integers(1, top, size=(bands, *size)).astype(dtype)
+        data = random_pixels(bands, size, dtype, seed)
         transform = Affine(gsd, 0, origin[0], 0, -gsd, origin[1]) if crs is not None else None
         return write_geotiff(tmp_path / name, data, crs, transform, nodata)
 

@@ -53,9 +53,9 @@ def _tile_input(raster: Path, tile: Any, prep: Preprocessing) -> torch.Tensor:
 
 
 def test_build_cogeo_indexes_every_tile_with_its_own_vector(
-    db_url: str, index_dir: Path, tiny_weights: Path, shared_data: Path
+    db_url: str, index_dir: Path, tiny_weights: Path, mercator_cog: Path
 ) -> None:
-    cogeo = shared_data / "geotiff" / "cogeo.tif"
+    cogeo = mercator_cog
     assert build(db_url, index_dir, tiny_weights, "--imagery", str(cogeo)) == 0
     build_id, tiles = _active(db_url)
     index, meta = read_index(index_dir / f"build-{build_id}")
@@ -75,9 +75,11 @@ def test_build_cogeo_indexes_every_tile_with_its_own_vector(
     assert nn[0, 0] == tile.id
 
 
-def test_build_utm_nodata_and_world_degrees(tmp_path: Path, tiny_weights: Path, shared_data: Path) -> None:
+def test_build_utm_nodata_and_world_degrees(
+    tmp_path: Path, tiny_weights: Path, utm_nodata_raster: Path, degrees_raster: Path
+) -> None:
     url, idx = f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "idx"
-    rgb = shared_data / "geotiff" / "RGB.byte.tif"
+    rgb = utm_nodata_raster
     assert build(url, idx, tiny_weights, "--imagery", str(rgb), "--tile-size-m", "20000") == 0
     _, tiles = _active(url)
     engine = make_engine(url)
@@ -92,7 +94,7 @@ def test_build_utm_nodata_and_world_degrees(tmp_path: Path, tiny_weights: Path, 
         for t in list(tiles.values())[::25]:
             mask = ds.dataset_mask(window=Window(t.col_off, t.row_off, t.width, t.height))
             assert (mask > 0).mean() >= 0.45  # computed at full resolution here
-    world = shared_data / "geotiff" / "world.rgb.tif"
+    world = degrees_raster
     assert build(url, idx, tiny_weights, "--imagery", str(world), "--tile-size-m", "2000000") == 0
     _, tiles = _active(url)
     assert len(tiles) > 100 and all(-90 <= t.lat <= 90 and -180 <= t.lon <= 180 for t in tiles.values())
@@ -241,14 +243,14 @@ def test_build_from_tiles_csv(tmp_path: Path, tiny_weights: Path, capsys: pytest
 
 
 def test_build_with_test_time_views_stores_the_multi_view_descriptor(
-    tmp_path: Path, tiny_weights: Path, shared_data: Path
+    tmp_path: Path, tiny_weights: Path, mercator_cog: Path
 ) -> None:
     loaded = load_checkpoint(tiny_weights)
     set_inference_options(loaded.model, views=4)
     weights = tmp_path / "views4.pt"
     save_checkpoint(weights, loaded.model)
     url, idx = f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "idx"
-    cogeo = shared_data / "geotiff" / "cogeo.tif"
+    cogeo = mercator_cog
     assert build(url, idx, weights, "--imagery", str(cogeo)) == 0
     build_id, tiles = _active(url)
     index, meta = read_index(idx / f"build-{build_id}")
@@ -259,3 +261,39 @@ def test_build_with_test_time_views_stores_the_multi_view_descriptor(
         views = [loaded.model.embed_satellite(torch.rot90(x, k, dims=(-2, -1))[None])[0] for k in range(4)]
     expected = torch.cat(views).numpy() / 2.0  # concatenated, divided by sqrt(4)
     np.testing.assert_allclose(index.reconstruct(tile.id), expected, atol=1e-5)
+
+
+def test_verify_checks_every_tile_by_default(
+    tmp_path: Path,
+    make_raster: Callable[..., Path],
+    tiny_weights: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json as _json
+
+    import faiss
+
+    from storage import faiss_index as fi
+
+    url, idx = f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "idx"
+    assert build(url, idx, tiny_weights, "--imagery", str(make_raster("a.tif", size=(700, 700)))) == 0
+    build_id, tiles = _active(url)
+    assert len(tiles) > 16
+    capsys.readouterr()
+    assert run(url, idx, "verify") == 0
+    assert f"all {len(tiles)} tiles" in capsys.readouterr().out
+    # One stored vector replaced by another unit vector (checksum updated, as a bad build would
+    # write it): a sample could miss it, the default check may not.
+    folder = next(p for p in idx.iterdir() if (p / fi.INDEX_FILE).exists())
+    index, meta = fi.read_index(folder)
+    victim = max(tiles)
+    vec = fi.stored_vectors(index, [victim])[0][::-1].copy()
+    index.remove_ids(np.asarray([victim], np.int64))
+    index.add_with_ids(vec[None], np.asarray([victim], np.int64))
+    faiss.write_index(index, str(folder / fi.INDEX_FILE))
+    meta["index_sha256"] = fi.file_sha256(folder / fi.INDEX_FILE)
+    (folder / fi.META_FILE).write_text(_json.dumps(meta))
+    assert run(url, idx, "verify") == 1
+    capsys.readouterr()
+    run(url, idx, "verify", "--quick")  # passes or not depending on whether the sample holds it
+    assert f"16 of {len(tiles)} tiles" in capsys.readouterr().out

@@ -26,7 +26,7 @@ from model.transforms import normalise_batch, prepare_satellite
 from storage import catalog
 from storage.db import make_engine, session_scope
 from storage.faiss_index import read_index
-from tests.indexer.conftest import write_geotiff
+from tests.support.rasters import write_geotiff
 
 PREP = preset_config("cvm-net-i", "cpu").preprocessing  # 128 px input, BGR, Caffe means
 

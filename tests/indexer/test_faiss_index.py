@@ -64,6 +64,10 @@ def test_read_index_checks_metadata(tmp_path: Path) -> None:
     with pytest.raises(IndexMismatch, match="holds 100 vectors of 8 dims, index_meta.json says 99"):
         fi.read_index(tmp_path)
     (tmp_path / fi.INDEX_FILE).write_bytes(b"garbage")
+    with pytest.raises(IndexMismatch, match="checksum mismatch"):
+        fi.read_index(tmp_path)
+    del meta["index_sha256"]  # as a build written before checksums were recorded
+    (tmp_path / fi.META_FILE).write_text(json.dumps(meta))
     with pytest.raises(IndexMismatch, match="unreadable FAISS index"):
         fi.read_index(tmp_path)
 
@@ -78,3 +82,55 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("CVM_INDEX_DIR", str(tmp_path / "x"))
     s = Settings()
     assert s.database_url == "postgresql+psycopg://u@h/db" and s.index_dir == tmp_path / "x"
+
+
+def _written(tmp_path: Path, kind: str, x: np.ndarray, name: str = "b") -> Path:
+    spec = fi.choose_spec(kind, len(x), x.shape[1])
+    index = fi.train(fi.new_index(spec, x.shape[1]), spec, x)
+    index.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+    folder = tmp_path / name
+    fi.write_index(index, folder, {"factory": spec.factory})
+    return folder
+
+
+def test_metadata_records_the_index_checksum(tmp_path: Path) -> None:
+    import hashlib
+
+    folder = _written(tmp_path, "flat", _clustered(50, 8))
+    meta = json.loads((folder / fi.META_FILE).read_text())
+    assert meta["index_sha256"] == hashlib.sha256((folder / fi.INDEX_FILE).read_bytes()).hexdigest()
+
+
+def test_a_changed_byte_is_refused_by_checksum_naming_the_file(tmp_path: Path) -> None:
+    folder = _written(tmp_path, "flat", _clustered(50, 8))
+    data = bytearray((folder / fi.INDEX_FILE).read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one stored vector: FAISS alone would not notice
+    (folder / fi.INDEX_FILE).write_bytes(bytes(data))
+    with pytest.raises(IndexMismatch, match=f"{folder / fi.INDEX_FILE}: checksum mismatch"):
+        fi.read_index(folder)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_a_nan_vector_is_refused(tmp_path: Path, kind: str) -> None:
+    x = _clustered(60, 8)
+    x[17, 3] = np.nan
+    folder = _written(tmp_path, kind, x)  # checksum of the file as written: only the NaN is wrong
+    with pytest.raises(IndexMismatch, match="not finite"):
+        fi.read_index(folder)
+
+
+def test_huge_size_field_in_an_unchecksummed_index_is_a_clear_error(tmp_path: Path) -> None:
+    import struct
+
+    x = _clustered(40, 8)
+    folder = _written(tmp_path, "flat", x)
+    data = bytearray((folder / fi.INDEX_FILE).read_bytes())
+    at = data.find(struct.pack("<Q", x.size))  # the stored vectors' element count
+    assert at > 0
+    data[at : at + 8] = struct.pack("<Q", 1 << 60)
+    (folder / fi.INDEX_FILE).write_bytes(bytes(data))
+    meta = json.loads((folder / fi.META_FILE).read_text())
+    del meta["index_sha256"]  # as a build written before checksums were recorded
+    (folder / fi.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(IndexMismatch, match=f"{folder / fi.INDEX_FILE}: unreadable FAISS index"):
+        fi.read_index(folder)

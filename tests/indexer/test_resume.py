@@ -17,11 +17,11 @@ from indexer.cli import main
 from storage import catalog
 from storage.db import make_engine, session_scope
 from storage.faiss_index import read_index
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 
 def _args(url: str, idx: Path, weights: Path, cogeo: Path) -> list[str]:
-    # 15 m stride over cogeo: 784 tiles in 13 shards of 64, a few seconds of embedding
+    # 15 m stride over cogeo: 784 tiles in 13 shards of 64, enough shards for a kill to land mid-embedding
     return [
         "--database-url", url, "--index-dir", str(idx), "build", "--no-progress", "--weights", str(weights),
         "--imagery", str(cogeo), "--stride-m", "15", "--shard-size", "64", "--batch-size", "16",
@@ -60,9 +60,9 @@ def _kill_mid_embedding(cmd: list[str], shard_dir: Path, total_shards: int) -> N
 
 
 def test_sigkill_then_resume_equals_uninterrupted_build(
-    tmp_path: Path, tiny_weights: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_weights: Path, mercator_cog: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cogeo = shared_data / "geotiff" / "cogeo.tif"
+    cogeo = mercator_cog
     url_a, idx_a = f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "idx-a"
     url_b, idx_b = f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "idx-b"
     assert main(_args(url_a, idx_a, tiny_weights, cogeo)) == 0

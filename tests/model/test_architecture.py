@@ -121,8 +121,9 @@ def test_frozen_block_batchnorm_stays_in_eval_mode(tiny_config):
 
 def test_original_fc_init_makes_descriptors_follow_the_bias(tiny_config):
     """std 0.005 weights + 0.1 bias: every descriptor is ~ the normalised all-ones vector."""
-    ones = torch.ones(32) / 32**0.5
     original = build_model(tiny_config(init="original", batchnorm=False)).eval()
+    d = original.config.out_dim
+    ones = torch.ones(d) / d**0.5
     assert torch.all(original.fc.bias == 0.1) and original.fc.weight.abs().max() <= 0.01
     grd, sat = _inputs(original.config)
     with torch.no_grad():

@@ -18,7 +18,8 @@ from model.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_chec
 from model.cvm_net import build_model
 from model.evaluate import open_eval_dataset
 from model.views import ground_view, satellite_view, set_inference_options, view_transforms
-from tests.model.test_evaluate import TINY, make_world
+from tests.support.model_world import make_world
+from tests.support.tiny import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 D = TINY.out_dim
@@ -134,7 +135,9 @@ def test_center_weights_script_measures_the_mean_view_descriptor(tmp_path: Path)
     save_checkpoint(tmp_path / "w.pt", net)
     cmd = [
         sys.executable,
-        "-m", "cli.main", "center-weights",
+        "-m",
+        "cli.main",
+        "center-weights",
         str(tmp_path / "w.pt"),
         str(tmp_path / "c.pt"),
     ]
@@ -176,7 +179,9 @@ def test_center_weights_script_names_a_missing_world(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "w.pt", build_model(TINY))
     cmd = [
         sys.executable,
-        "-m", "cli.main", "center-weights",
+        "-m",
+        "cli.main",
+        "center-weights",
         str(tmp_path / "w.pt"),
         str(tmp_path / "c.pt"),
     ]

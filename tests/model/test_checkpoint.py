@@ -121,7 +121,7 @@ def test_weights_that_do_not_fit_their_config_are_refused(tmp_path, tiny_config)
     path = tmp_path / "m.pt"
     save_checkpoint(path, build_model(tiny_config()))
     raw = torch.load(path, weights_only=True)
-    raw["config"] = replace(tiny_config(), num_clusters=4).to_dict()
+    raw["config"] = replace(tiny_config(), num_clusters=2 * tiny_config().num_clusters).to_dict()
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match=f"(?s){path} does not describe a valid model.*size mismatch"):
         load_checkpoint(path)

@@ -21,24 +21,12 @@ from torch.utils.data import ConcatDataset
 from cli.main import main as cvm_main
 from model.centering import has_centers, set_centers
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import ModelConfig, Preprocessing
 from model.cvm_net import build_model
 from model.train import StepInfo, TrainConfig, TrainError, build_train_dataset, make_train_config, train
 from model.views import set_inference_options
+from tests.support.tiny import TINY  # its dropout is active: resume must restore the RNG that drives it
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_MODEL = ModelConfig(
-    arch="cvm-net-i",
-    preset="custom",
-    preprocessing=Preprocessing(sat_size=32, grd_size=(16, 64), sat_ground_m=70.0),
-    width_div=16,
-    batchnorm=True,
-    num_clusters=4,
-    out_dim=16,
-    dropout=0.2,  # active: resume must restore the RNG that drives it
-    frozen_blocks=0,
-    init="kaiming",
-)
 
 
 def make_colour_world(root: Path, n_train: int = 16, n_val: int = 8, seed: int = 0) -> Path:
@@ -72,7 +60,7 @@ def tiny_train_config(data: Path, out: Path, **overrides: object) -> TrainConfig
         workers=0,
         threads=1,
         checkpoint_minutes=0.0,
-        model_config=TINY_MODEL.to_dict(),
+        model_config=TINY.to_dict(),
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -103,7 +91,7 @@ def reference(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_loss_decreases_and_writes_outputs(tmp_path: Path) -> None:
     data = make_colour_world(tmp_path / "world", n_train=32)
     # Wider, dropout-free and unaugmented: this tiny set is then learnt within seconds.
-    learnable = replace(TINY_MODEL, width_div=8, num_clusters=8, dropout=0.0).to_dict()
+    learnable = replace(TINY, width_div=8, num_clusters=8, dropout=0.0).to_dict()
     out = tmp_path / "run"
     cfg = tiny_train_config(data, out, epochs=8, lr=1e-3, batch_size=8, augment=False, model_config=learnable)
     result = train(replace(cfg, checkpoint_minutes=60.0))
@@ -158,7 +146,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(world: Path, tmp_path:
     train(tiny_train_config(world, ref_out, epochs=4))
     out = tmp_path / "killed"
     model_json = tmp_path / "model.json"
-    model_json.write_text(json.dumps(TINY_MODEL.to_dict()))
+    model_json.write_text(json.dumps(TINY.to_dict()))
     flags = [
         "--epochs",
         "4",
@@ -225,6 +213,7 @@ def test_too_small_training_set_is_refused(tmp_path: Path) -> None:
     data = make_colour_world(tmp_path / "w", n_train=3, n_val=2)
     with pytest.raises(TrainError, match="fewer than one batch"):
         train(tiny_train_config(data, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # a refused run leaves no empty output folder
 
 
 def test_worker_processes_do_not_change_the_run(world: Path, tmp_path: Path) -> None:
@@ -248,7 +237,7 @@ def test_backbone_weights_initialise_both_branches(world: Path, tmp_path: Path) 
         sd[f"features.{idx}.bias"] = torch.randn(cout, generator=gen) * 0.01
     vgg = tmp_path / "vgg16.pth"
     torch.save(sd, vgg)
-    full_width = replace(TINY_MODEL, width_div=1, batchnorm=False, frozen_blocks=3).to_dict()
+    full_width = replace(TINY, width_div=1, batchnorm=False, frozen_blocks=3).to_dict()
     out = tmp_path / "run"
     cfg = tiny_train_config(world, out, epochs=1, model_config=full_width, backbone_weights=str(vgg))
     train(replace(cfg, checkpoint_minutes=60.0))
@@ -263,7 +252,7 @@ def test_backbone_weights_initialise_both_branches(world: Path, tmp_path: Path) 
 
 def test_photo_placement_reaches_every_training_dataset(world: Path, tmp_path: Path) -> None:
     cfg = tiny_train_config(world, tmp_path / "out", photo_fraction=0.5, photo_placement="heading")
-    prep = TINY_MODEL.preprocessing
+    prep = TINY.preprocessing
     ds = build_train_dataset(replace(cfg, data=[str(world), str(world)]), prep)
     assert isinstance(ds, ConcatDataset)
     assert [d.photo_placement for d in ds.datasets] == ["heading", "heading"]
@@ -272,9 +261,9 @@ def test_photo_placement_reaches_every_training_dataset(world: Path, tmp_path: P
 
 def test_init_weights_ignore_inference_options_but_not_architecture(world: Path, tmp_path: Path) -> None:
     torch.manual_seed(5)
-    source = build_model(TINY_MODEL)
+    source = build_model(TINY)
     set_inference_options(source, views=8, photo_headings=4, centered=True)
-    set_centers(source, torch.full((TINY_MODEL.out_dim,), 0.1), torch.full((TINY_MODEL.out_dim,), -0.1))
+    set_centers(source, torch.full((TINY.out_dim,), 0.1), torch.full((TINY.out_dim,), -0.1))
     init = tmp_path / "init.pt"
     save_checkpoint(init, source)
     out = tmp_path / "run"
@@ -290,7 +279,7 @@ def test_init_weights_ignore_inference_options_but_not_architecture(world: Path,
     assert trained.config.preprocessing.views == 1 and trained.config.preprocessing.photo_headings == 1
     # Means measured for the init's weights do not describe the run's: dropped.
     assert not trained.config.preprocessing.centered and not has_centers(trained.model)
-    other = replace(TINY_MODEL, out_dim=8)
+    other = replace(TINY, out_dim=8)
     save_checkpoint(init, build_model(other))
     with pytest.raises(TrainError, match="model config differs"):
         train(tiny_train_config(world, tmp_path / "run2", epochs=1, init_weights=str(init)))

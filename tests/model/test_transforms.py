@@ -84,6 +84,46 @@ def test_load_applies_exif_orientation(tmp_path):
     assert load_image_rgb(tmp_path / "o.jpg").shape == (8, 4, 3)
 
 
+# How each EXIF orientation's stored pixels are turned to be displayed (array rows x columns).
+_DISPLAYED = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, k=-1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, k=1),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(_DISPLAYED))
+@pytest.mark.parametrize("mode", ["RGB", "L", "P"])
+def test_load_turns_every_exif_orientation_in_every_mode(orientation: int, mode: str) -> None:
+    rgb = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    stored = Image.fromarray(rgb).convert(mode)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, format="PNG", exif=exif)
+    want = np.asarray(stored.convert("RGB"))
+    np.testing.assert_array_equal(load_image_rgb(buf.getvalue()), _DISPLAYED[orientation](want))
+
+
+def test_decode_open_image_decodes_what_the_caller_opened(tmp_path):
+    rgb = np.random.default_rng(5).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as im:
+        np.testing.assert_array_equal(transforms.decode_open_image(im, name="a.png"), rgb)
+    cut = (tmp_path / "a.png").read_bytes()[:-30]
+    with (
+        Image.open(io.BytesIO(cut)) as im,
+        pytest.raises(ImageLoadError, match="cannot decode image a.png") as err,
+    ):
+        transforms.decode_open_image(im, name="a.png")
+    assert isinstance(err.value.__cause__, OSError)  # the reason, for callers with their own message
+
+
 def test_load_errors_name_the_file(tmp_path):
     missing = tmp_path / "missing.jpg"
     with pytest.raises(ImageLoadError, match=f"not found: {missing}"):

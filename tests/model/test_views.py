@@ -13,7 +13,7 @@ from model.config import Preprocessing
 from model.cvm_net import build_model
 from model.transforms import prepare_ground, prepare_satellite, rotate_flip_pair
 from model.views import describe, ground_view, satellite_view, set_inference_options, view_transforms
-from tests.model.test_evaluate import TINY
+from tests.support.tiny import TINY
 
 # Native sizes (32 px tiles, 16 x 64 panoramas): prepare_* only normalises, so a view and the
 # raw scene transform can be compared exactly.

@@ -14,7 +14,7 @@ from model.centering import has_centers, set_centers
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.cvm_net import build_model
 from model.views import set_inference_options
-from tests.model.test_evaluate import TINY
+from tests.support.tiny import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from service.batcher import MicroBatcher
 from service.errors import NotReady
 from service.main import create_app
-from tests.service.world import World, panorama_bytes, photo_bytes
+from tests.support.service_world import World, panorama_bytes, photo_bytes
 
 
 class Recorder:

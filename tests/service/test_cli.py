@@ -10,8 +10,7 @@ import pytest
 
 from cli import localize as cli_localize
 from cli import serve as cli_serve
-from tests.service.conftest import PANO_TILE, PHOTO_TILE
-from tests.service.world import World, make_world, panorama_bytes, photo_bytes
+from tests.support.service_world import PANO_TILE, PHOTO_TILE, World, make_world, panorama_bytes, photo_bytes
 
 
 def _env(monkeypatch: pytest.MonkeyPatch, world: World) -> None:
@@ -91,3 +90,33 @@ def test_serve_cli_reports_missing_weights(monkeypatch, capsys, world: World, tm
     assert _run(cli_serve, ["--port", "8765"]) == 1
     err = capsys.readouterr().err
     assert "absent.pt" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv,env,named",
+    [(["--port", "99999"], {}, "CVM_PORT=99999"), ([], {"CVM_MAX_BATCH": "lots"}, "CVM_MAX_BATCH=lots")],
+)
+def test_serve_cli_names_an_invalid_setting_in_one_line(
+    monkeypatch, capsys, world: World, argv: list[str], env: dict[str, str], named: str
+) -> None:
+    _env(monkeypatch, world)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert _run(cli_serve, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and "\n" not in err and "pydantic" not in err and "errors.pydantic.dev" not in err
+
+
+def test_localize_cli_on_an_empty_data_dir_leaves_no_catalogue(
+    monkeypatch, capsys, world: World, tmp_path
+) -> None:
+    _env(monkeypatch, world)
+    empty = tmp_path / "nothing-here"
+    monkeypatch.setenv("CVM_DATA_DIR", str(empty))
+    monkeypatch.delenv("CVM_DATABASE_URL")
+    monkeypatch.delenv("CVM_INDEX_DIR")
+    photo = tmp_path / "p.png"
+    photo.write_bytes(panorama_bytes())
+    assert _run(cli_localize, [str(photo)]) == 1
+    assert "no active index build" in capsys.readouterr().err
+    assert not (empty / "cvm.db").exists()

@@ -17,7 +17,7 @@ from service.errors import ImageTooLarge
 from service.imaging import read_header
 from service.main import create_app
 from service.upload_limit import UploadLimitMiddleware
-from tests.service.world import World, panorama_bytes, photo_bytes
+from tests.support.service_world import World, panorama_bytes, photo_bytes
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -165,7 +165,7 @@ def test_refuse_bomb_from_header_without_decoding(monkeypatch: pytest.MonkeyPatc
     def must_not_decode(data: bytes) -> None:
         raise AssertionError("decoded a bomb")
 
-    monkeypatch.setattr(service.imaging, "load_image_rgb", must_not_decode)
+    monkeypatch.setattr(service.imaging, "decode_open_image", must_not_decode)
     monkeypatch.setattr(ImageFile.ImageFile, "load", must_not_decode)
     bomb = png_header_only(30000, 30000)
     assert len(bomb) < 4096

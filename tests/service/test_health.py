@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from tests.service.world import World, make_world, panorama_bytes
+from tests.support.service_world import World, make_world, panorama_bytes
 
 
 def test_healthz_ok(client: TestClient) -> None:
@@ -77,3 +77,29 @@ def test_page_and_assets_are_served_locally(client: TestClient) -> None:
     # Everything is bundled: no absolute URL to another host.
     assert "http://" not in page.text.replace("http://www.w3.org", "")
     assert "https://" not in page.text
+
+
+def test_readyz_on_an_empty_data_directory_says_no_build_and_creates_nothing(world: World, tmp_path) -> None:
+    # A data directory where no build ever ran: no catalogue file at all. The service must not
+    # create one there, and must say what is missing rather than a database error.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    url = f"sqlite:///{empty / 'cvm.db'}"
+    settings = world.settings(data_dir=empty, database_url=url, index_dir=empty / "indexes")
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 503
+    reasons = ready.json()["reasons"]
+    assert any("no active index build" in r for r in reasons), reasons
+    assert not any("not reachable" in r or "no such table" in r for r in reasons), reasons
+    assert list(empty.iterdir()) == []
+
+
+def test_readyz_on_a_catalogue_without_tables_says_no_build(world: World, tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "blank.db"
+    sqlite3.connect(path).close()  # a file, but no schema: nothing was ever indexed into it
+    with TestClient(create_app(world.settings(database_url=f"sqlite:///{path}"))) as client:
+        reasons = client.get("/readyz").json()["reasons"]
+    assert any("no active index build" in r for r in reasons), reasons

@@ -11,8 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from tests.service.conftest import PANO_TILE
-from tests.service.world import World, panorama_bytes, write_index
+from tests.support.service_world import PANO_TILE, World, panorama_bytes, write_index
 
 NEW_TILE = 2  # tile index holding the panorama descriptor in the second build
 

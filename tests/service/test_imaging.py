@@ -1,4 +1,5 @@
-"""The service's decoder gives exactly the pixels training and evaluation decode, reduced or not."""
+"""Uploads: checked from the header, then decoded by the model's decoder (`decode_open_image`),
+whose errors become the service's; large JPEGs decoded reduced towards the input size."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import ExifTags, Image, ImageFile
+from PIL import ExifTags, Image
 
+import model.transforms
 import service.imaging
 from model.transforms import input_size, load_image_rgb, prepare_ground, prepare_photo
-from service.errors import CorruptImage
+from service.errors import CorruptImage, ImageTooLarge, UnsupportedImage
 from service.imaging import decode_upload
 from service.localizer import Localizer
-from tests.service.world import World
+from tests.support.service_world import World
 
 
 def _encode(im: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -69,48 +71,66 @@ def _tiny_fit(width: int, height: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("fit", [None, _tiny_fit], ids=["full", "reduced"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_pixels_equal_the_training_decoder(name: str, fit) -> None:
-    data = CASES[name]
-    got = decode_upload(data, max_pixels=10**6, fit=fit)
-    want = load_image_rgb(data, fit=fit)
-    assert got.dtype == np.uint8 and got.shape == want.shape and got.shape[2] == 3
-    assert np.array_equal(got, want)
-    full = load_image_rgb(data)
+def test_every_accepted_image_becomes_rgb(name: str, fit) -> None:
+    got = decode_upload(CASES[name], max_pixels=10**6, fit=fit)
+    assert got.dtype == np.uint8 and got.ndim == 3 and got.shape[2] == 3
+    turned = name.endswith(tuple(f"orientation {o}" for o in (5, 6, 7, 8)))
+    width, height = (23, 37) if turned else (37, 23)
     if fit is not None and "JPEG" in name:
-        assert got.shape[:2] == tuple(-(-n // 4) for n in full.shape[:2])  # ceil(n / 4)
-    else:
-        assert got.shape == full.shape
+        width, height = -(-width // 4), -(-height // 4)  # ceil(n / 4)
+    assert got.shape[:2] == (height, width)
+
+
+def test_lossless_pixels_and_grey_come_through() -> None:
+    np.testing.assert_array_equal(decode_upload(CASES["RGB PNG"], 10**6), np.asarray(_noise("RGB")))
+    np.testing.assert_array_equal(
+        decode_upload(CASES["RGBA PNG"], 10**6), np.asarray(_noise("RGBA"))[..., :3]
+    )
+    grey = decode_upload(CASES["grey PNG"], 10**6)
+    np.testing.assert_array_equal(grey, np.repeat(np.asarray(_noise("L"))[..., None], 3, axis=2))
 
 
 def test_exif_orientation_is_applied() -> None:
     # Orientation 6 (rotate 90 degrees clockwise to display): a 37x23 image comes out 23 wide.
-    assert decode_upload(_oriented_jpeg(6), max_pixels=10**6).shape == (37, 23, 3)
+    upright = decode_upload(_oriented_jpeg(1), max_pixels=10**6)
+    turned = decode_upload(_oriented_jpeg(6), max_pixels=10**6)
+    assert turned.shape == (37, 23, 3)
+    np.testing.assert_array_equal(turned, np.rot90(upright, k=-1))
 
 
-def test_rgb_jpeg_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    real_load = ImageFile.ImageFile.load
+def test_the_upload_is_opened_once_and_decoded_by_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened, decoded = [], []
+    real_open, real_decode = Image.open, model.transforms.decode_open_image
 
-    def counting_load(self: ImageFile.ImageFile) -> object:
-        calls.append(self.format)
-        return real_load(self)
+    def counting_open(fp, *args, **kwargs):
+        opened.append(fp)
+        return real_open(fp, *args, **kwargs)
 
-    def must_not_reopen(data: bytes) -> None:
-        raise AssertionError("an RGB image was handed to the general loader")
+    def counting_decode(im, fit=None, name="<image bytes>"):
+        decoded.append(im.format)
+        return real_decode(im, fit, name)
 
-    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
-    monkeypatch.setattr(service.imaging, "load_image_rgb", must_not_reopen)
-    decode_upload(CASES["RGB JPEG"], max_pixels=10**6)
-    # Pillow's `load` may be entered again on an already decoded image (e.g. by `getexif`);
-    # what matters is that no second open and decode of the bytes happened.
-    assert calls and set(calls) == {"JPEG"}
+    monkeypatch.setattr(Image, "open", counting_open)
+    monkeypatch.setattr(service.imaging, "decode_open_image", counting_decode)
+    rgb = decode_upload(CASES["RGB JPEG"], max_pixels=10**6)
+    assert len(opened) == 1 and decoded == ["JPEG"]
+    np.testing.assert_array_equal(rgb, load_image_rgb(CASES["RGB JPEG"]))
 
 
 @pytest.mark.parametrize("name", ["RGB JPEG", "grey PNG"])
 def test_truncated_image_is_corrupt(name: str) -> None:
     data = CASES[name]
-    with pytest.raises(CorruptImage, match="cannot be decoded"):
+    with pytest.raises(CorruptImage, match=f"the {name.split()[-1]} image cannot be decoded") as caught:
         decode_upload(data[: len(data) // 2], max_pixels=10**6)
+    assert "<image bytes>" not in str(caught.value)  # the reason, not the decoder's name for it
+
+
+def test_upload_checks_come_before_the_decoder() -> None:
+    with pytest.raises(ImageTooLarge, match="37x23 = 851 pixels, the limit is 850"):
+        decode_upload(CASES["RGB PNG"], max_pixels=850)
+    assert decode_upload(CASES["RGB PNG"], max_pixels=851).shape == (23, 37, 3)
+    with pytest.raises(UnsupportedImage, match="GIF images are not accepted"):
+        decode_upload(_encode(_noise("RGB"), "GIF"), max_pixels=10**6)
 
 
 def _smooth_jpeg(width: int, height: int) -> bytes:

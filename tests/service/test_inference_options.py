@@ -15,7 +15,7 @@ from model.transforms import load_image_rgb, prepare_photo
 from model.views import set_inference_options
 from service.main import create_app
 from service.pipeline import Query, best_per_tile, run_batch
-from tests.service.world import make_world, panorama_bytes, photo_bytes
+from tests.support.service_world import make_world, panorama_bytes, photo_bytes
 
 TURNED_TILE = 7  # the planted tile: the photo's descriptor at heading step 2 of 4, or the panorama's
 

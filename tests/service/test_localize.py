@@ -7,8 +7,7 @@ from fastapi.testclient import TestClient
 
 import service.flat_search
 from service.main import create_app
-from tests.service.conftest import PANO_TILE, PHOTO_TILE
-from tests.service.world import World, panorama_bytes, photo_bytes
+from tests.support.service_world import PANO_TILE, PHOTO_TILE, World, panorama_bytes, photo_bytes
 
 STAGES = {"decode", "preprocess", "queue", "forward", "search", "database", "total"}
 
@@ -73,7 +72,9 @@ def test_localize_reports_every_stage_time(client: TestClient) -> None:
 
 
 def test_localize_bbox_is_west_south_east_north(client: TestClient) -> None:
-    for c in post(client, panorama_bytes()).json()["candidates"]:
+    candidates = post(client, panorama_bytes()).json()["candidates"]
+    assert candidates  # an empty answer would check nothing
+    for c in candidates:
         west, south, east, north = c["bbox"]
         assert west < c["lon"] < east
         assert south < c["lat"] < north

@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 
 from service.main import create_app
-from tests.service.world import World, panorama_bytes
+from tests.support.service_world import World, panorama_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -13,17 +13,12 @@ import numpy as np
 import pytest
 
 import service.flat_search
+from model.runtime import set_search_threads
 from service.catalog import BuildInfo, Catalog
 from service.errors import IndexBuildError
-from service.snapshot import (
-    IndexSnapshot,
-    load_snapshot,
-    omp_threads,
-    resolve_index_dir,
-    set_search_threads,
-)
+from service.snapshot import IndexSnapshot, load_snapshot, resolve_index_dir
 from storage.db import make_engine
-from tests.service.world import World, write_index
+from tests.support.service_world import World, write_index
 
 T = TypeVar("T")
 
@@ -127,16 +122,19 @@ def test_search_uses_search_threads_in_the_searching_thread_and_restores(tmp_pat
         set_search_threads(1)
 
 
-def test_omp_threads_restores_after_an_error() -> None:
-    def scenario() -> tuple[int, int]:
-        faiss.omp_set_num_threads(2)
-        inside = 0
-        with pytest.raises(RuntimeError), omp_threads(1):
-            inside = faiss.omp_get_max_threads()
-            raise RuntimeError("search failed")
-        return inside, faiss.omp_get_max_threads()
-
-    assert _in_new_thread(scenario) == (1, 2)
+def test_loaded_snapshot_ranks_tiles_and_marks_empty_slots(fresh_world: World, catalog: Catalog) -> None:
+    build = _build(fresh_world, catalog)
+    snap = load_snapshot(catalog, build, fresh_world.index_dir, fresh_world.weights_sha256, 256)
+    ids = fresh_world.builds[build.id]["tile_ids"]
+    vectors = snap.index.index.reconstruct_n(0, snap.ntotal)  # the stored descriptors, row i = tile i
+    want = np.argsort(-(vectors @ vectors[5]), kind="stable")[:3]
+    scores, found = snap.search(vectors[5:6], len(ids) + 2)
+    assert found.shape == (1, len(ids) + 2) and found.dtype == np.int64
+    assert found[0, 0] == ids[5] and scores[0, 0] == pytest.approx(float(vectors[5] @ vectors[5]), rel=1e-5)
+    assert [int(i) for i in found[0, :3]] == [ids[i] for i in want]
+    assert list(found[0, -2:]) == [-1, -1]  # more slots than tiles
+    last, *empty = snap.lookup(found[0, -3:])
+    assert last is snap.tiles[int(found[0, -3])] and empty == [None, None]
 
 
 @pytest.mark.parametrize("two_pass", [False, True])

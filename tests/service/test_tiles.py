@@ -15,7 +15,7 @@ from PIL import Image
 from service.main import create_app
 from storage.db import make_engine, session_scope
 from storage.models import Tile
-from tests.service.world import EPSG, GSD_M, TILE_PX, World, tile_colour
+from tests.support.service_world import EPSG, GSD_M, TILE_PX, World, tile_colour
 
 
 def _tile_id(world: World, index: int) -> int:

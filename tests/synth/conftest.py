@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from synth import SynthOptions, SynthResult, synthesize
-
-SMALL = {"extent_m": 300.0, "pairs": 12, "origin": (47.37, 8.54)}
+from tests.support.synth_world import SMALL
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import pytest
 
 from cli.main import main as cvm_main
 from synth import SynthOptions, SynthResult, synthesize
-from tests.synth.conftest import SMALL
+from tests.support.synth_world import SMALL
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -90,3 +90,17 @@ def test_cli_writes_a_world_with_all_validation(tmp_path: Path, capsys: pytest.C
     assert "3 pairs (0 train, 3 val)" in capsys.readouterr().out
     assert (out / "cvusa/splits/train-19zl.csv").read_text() == ""
     assert len((out / "cvusa/splits/val-19zl.csv").read_text().splitlines()) == 3
+
+
+def test_overwrite_replaces_earlier_outputs_and_keeps_other_files(tmp_path: Path) -> None:
+    out = tmp_path / "w"
+    small = {"extent_m": 200.0, "val_fraction": 1.0, "workers": 1}
+    synthesize(SynthOptions(seed=3, out=out, pairs=3, **small))  # type: ignore[arg-type]
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="is not empty"):
+        synthesize(SynthOptions(seed=3, out=out, pairs=2, **small))  # type: ignore[arg-type]
+    synthesize(SynthOptions(seed=3, out=out, pairs=2, overwrite=True, **small))  # type: ignore[arg-type]
+    assert sorted(p.name for p in (out / "ground").iterdir()) == ["0000001.jpg", "0000002.jpg"]
+    assert len(list((out / "cvusa/bingmap/19").iterdir())) == 2
+    assert len((out / "ground.csv").read_text().splitlines()) == 3  # header and two pairs
+    assert (out / "notes.txt").read_text() == "keep me"

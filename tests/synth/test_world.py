@@ -12,12 +12,13 @@ from pyproj import Transformer
 
 from synth import SynthResult
 from synth import layout as L
+from synth.generate import generate_world
 from synth.geo import WorldFrame, parse_origin, utm_epsg
 from synth.ortho import cast_shadows
 from synth.pairs import aerial_crop
 from synth.panorama import PANO_SIZE, Sky, render_panorama, render_photo
 from synth.sampling import plan_split
-from synth.world import World, generate_world
+from synth.world import World
 
 SKY = Sky(horizon=(200.0, 210.0, 220.0), zenith=(100.0, 140.0, 210.0), haze_m=1e6, clouds=0.0)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -33,12 +31,14 @@ async def readiness(state: AppState) -> ReadyOut:
         reasons.append("database not connected")
     else:
         try:
-            await asyncio.to_thread(state.catalog.ping)
+            await state.catalog.run(state.catalog.ping)
         except ServiceError as exc:
             reasons.append(str(exc))
+    note = state.store.fallback_note if state.store is not None else None
     return ReadyOut(
         ready=not reasons,
         reasons=reasons,
+        warnings=[note] if note else [],
         build_id=snapshot.build_id if snapshot else None,
         ntotal=snapshot.ntotal if snapshot else None,
         weights_sha256=state.localizer.weights_sha256 if state.localizer else None,
@@ -48,7 +48,10 @@ async def readiness(state: AppState) -> ReadyOut:
 @router.get(
     "/readyz",
     response_model=ReadyOut,
-    responses={503: {"model": ReadyOut, "description": "not ready; `reasons` says why"}},
+    responses={
+        200: {"description": "ready: model, index and database are usable"},
+        503: {"model": ReadyOut, "description": "not ready; `reasons` says why"},
+    },
     summary="Readiness",
 )
 async def readyz(state: StateDep) -> JSONResponse:

@@ -8,17 +8,39 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from service.api.deps import LocalizationDep, MetricsDep
-from service.schemas import LocalizeOut, localize_geojson, localize_out
+from service.schemas import LocalizeGeoJsonOut, LocalizeOut, error_responses, localize_geojson, localize_out
 
 router = APIRouter(tags=["localize"])
 
 GEOJSON = "application/geo+json"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "empty upload"},
-    413: {"description": "upload over CVM_MAX_UPLOAD_MB, or image over CVM_MAX_IMAGE_PIXELS"},
-    415: {"description": "not a JPEG, PNG or WebP image"},
-    422: {"description": "undecodable (e.g. truncated) image, missing field, k out of range"},
-    503: {"description": "model or index not loaded"},
+# The formats `service.imaging` accepts, as the media types of the multipart part `image`.
+IMAGE_TYPES = "image/jpeg, image/png, image/webp"
+ERRORS = error_responses(
+    {
+        400: "empty upload (0 bytes)",
+        408: "request body not received within the body timeout (30 s)",
+        413: "request body over CVM_MAX_UPLOAD_MB, or image header announcing more than "
+        "CVM_MAX_IMAGE_PIXELS pixels",
+        415: "not a JPEG, PNG or WebP image",
+        422: "undecodable (e.g. truncated) image, missing or non-file `image` field, "
+        "query parameter out of range",
+        503: "model or index not loaded",
+    }
+)
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "ranked candidates, as JSON or as GeoJSON",
+        "content": {GEOJSON: {"schema": {"$ref": f"#/components/schemas/{LocalizeGeoJsonOut.__name__}"}}},
+    },
+    **ERRORS,
+}
+# The multipart part `image` is a file of one of the accepted image types (OpenAPI `encoding`).
+REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "description": "`image`: a JPEG, PNG or WebP file; the request body is at most CVM_MAX_UPLOAD_MB "
+        "(default 20 MiB) and the image at most CVM_MAX_IMAGE_PIXELS pixels (default 40,000,000)",
+        "content": {"multipart/form-data": {"encoding": {"image": {"contentType": IMAGE_TYPES}}}},
+    }
 }
 
 
@@ -32,14 +54,21 @@ def wants_geojson(request: Request, fmt: str | None) -> bool:
 @router.post(
     "/localize",
     response_model=LocalizeOut,
-    responses={200: {"content": {GEOJSON: {}}}, **ERRORS},
+    responses=RESPONSES,
+    openapi_extra=REQUEST_BODY,
     summary="Top-k satellite tiles for a ground photo or panorama",
 )
 async def localize(
     request: Request,
     service: LocalizationDep,
     metrics: MetricsDep,
-    image: Annotated[UploadFile, File(description="JPEG, PNG or WebP ground image")],
+    image: Annotated[
+        UploadFile,
+        File(
+            description="JPEG, PNG or WebP ground image (a file part), at most CVM_MAX_IMAGE_PIXELS pixels",
+            json_schema_extra={"format": "binary"},
+        ),
+    ],
     k: Annotated[int, Query(ge=1, le=100, description="number of candidates")] = 5,
     kind: Annotated[
         Literal["panorama", "photo"] | None,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
 from service.api.deps import CatalogDep, SettingsDep
 from service.catalog import Catalog, TileRecord
 from service.errors import TileNotFound
-from service.schemas import TileOut, tile_out
+from service.schemas import TileOut, error_responses, tile_out
 from service.tile_images import render_tile_png
 
 router = APIRouter(prefix="/tiles", tags=["tiles"])
@@ -18,18 +18,24 @@ router = APIRouter(prefix="/tiles", tags=["tiles"])
 # Ids are 64-bit signed in the catalogue and in FAISS; a larger number names no tile.
 TILE_ID_MAX = 2**63 - 1
 TileId = Annotated[int, Path(ge=0, le=TILE_ID_MAX, description="tile id (= its FAISS id)")]
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such tile, or its source is gone"}}
+ERRORS = error_responses(
+    {
+        404: "no such tile, or its source is gone",
+        422: "tile id not an integer in [0, 2**63 - 1]",
+        503: "catalogue database not connected or not reachable",
+    }
+)
 
 
 async def find_tile(tile_id: int, catalog: Catalog) -> TileRecord:
     """A tile of any build (the catalogue is the reference, not the served snapshot)."""
-    tile = await asyncio.to_thread(catalog.tile, tile_id)
+    tile = await catalog.run(catalog.tile, tile_id)
     if tile is None:
         raise TileNotFound(f"no tile with id {tile_id}")
     return tile
 
 
-@router.get("/{tile_id}", response_model=TileOut, responses=NOT_FOUND, summary="Tile metadata")
+@router.get("/{tile_id}", response_model=TileOut, responses=ERRORS, summary="Tile metadata")
 async def get_tile(tile_id: TileId, catalog: CatalogDep) -> TileOut:
     return tile_out(await find_tile(tile_id, catalog))
 
@@ -37,7 +43,13 @@ async def get_tile(tile_id: TileId, catalog: CatalogDep) -> TileOut:
 @router.get(
     "/{tile_id}/image",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
+    responses={
+        200: {
+            "description": "the tile's imagery, resampled to CVM_TILE_IMAGE_PX pixels a side",
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **ERRORS,
+    },
     summary="Tile imagery as PNG",
 )
 async def get_tile_image(tile_id: TileId, catalog: CatalogDep, settings: SettingsDep) -> Response:

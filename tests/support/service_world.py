@@ -35,6 +35,8 @@ ORIGIN = (500_000.0, 5_000_000.0)  # top-left corner, metres
 GSD_M = 0.5
 TILE_PX = 16
 GRID = 4  # GRID x GRID tiles
+PANO_TILE = 5  # tile index whose vector is the panorama query's descriptor in a planted world
+PHOTO_TILE = 10  # same for the photo query
 
 
 def tile_colour(row: int, col: int) -> tuple[int, int, int]:
@@ -257,3 +259,15 @@ def make_world(root: Path) -> World:
     db_url = f"sqlite:///{root / 'cvm.db'}"
     upgrade(db_url)
     return World(root, net, weights, raster, tiles, db_url, root / "indexes")
+
+
+def planted_world(root: Path) -> World:
+    """make_world plus one active build in which tile PANO_TILE holds the descriptor of
+    `panorama_bytes()` and tile PHOTO_TILE that of `photo_bytes()`."""
+    world = make_world(root)
+    planted = {
+        PANO_TILE: world.descriptor(panorama_bytes(), "panorama"),
+        PHOTO_TILE: world.descriptor(photo_bytes(), "photo"),
+    }
+    world.add_build(planted)
+    return world

@@ -1,16 +1,18 @@
-"""Torch's thread pool belongs to the service's batch thread; every other thread uses one."""
+"""The service's threads: the batch thread holds torch's pool, every other thread computes with
+one, and the thread counts come from the runtime's settings."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from unittest.mock import MagicMock
 
+import pytest
 import torch
 
+from model.runtime import RuntimeSettings
+from service.core.config import ServiceSettings
 from service.pipeline import LocalizationService
-from service.torch_threads import claim_pool, compute_single_threaded
 
 
 def _in_new_thread() -> int:
@@ -19,17 +21,6 @@ def _in_new_thread() -> int:
     t.start()
     t.join()
     return out[0]
-
-
-def test_claim_pool_counts() -> None:
-    before = torch.get_num_threads()
-    try:
-        assert claim_pool(0) == (os.cpu_count() or 1) == torch.get_num_threads()
-        assert claim_pool(3) == 3 == torch.get_num_threads()
-        compute_single_threaded()
-        assert torch.get_num_threads() == 1 and _in_new_thread() == 1
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_only_the_batch_thread_holds_the_pool() -> None:
@@ -50,3 +41,14 @@ def test_only_the_batch_thread_holds_the_pool() -> None:
         assert loop_thread == 1 and helper == 1 and _in_new_thread() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_service_settings_take_the_runtime_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert issubclass(ServiceSettings, RuntimeSettings)
+    monkeypatch.setenv("CVM_SEARCH_THREADS", "2")
+    monkeypatch.setenv("CVM_TORCH_THREADS", "5")
+    settings = ServiceSettings()
+    assert (settings.search_threads, settings.torch_threads) == (2, 5)
+    monkeypatch.setenv("CVM_TORCH_THREADS", "-1")
+    with pytest.raises(ValueError, match="torch_threads"):
+        ServiceSettings()

@@ -1,13 +1,13 @@
 """A throw-away PostgreSQL 15 server for tests.
 
-`postgres_server` (session scope) starts one with initdb + pg_ctl in a temporary folder (as the
+The `postgres_server` fixture (session scope) starts one with initdb + pg_ctl in a temporary folder (as the
 `postgres` user when the tests run as root, since initdb refuses root) on a free port, and stops
 and deletes it when the session ends. `postgres_url` gives each test a fresh, empty database on
 it. Set CVM_TEST_DATABASE_URL (a PostgreSQL URL whose role may CREATE DATABASE) to use an existing
 server instead. Without the binaries (CVM_PG_BIN, else /usr/lib/postgresql/15/bin, else PATH) the
 tests that use these fixtures are skipped with the reason.
 
-Use from a conftest: `from tests.pg import postgres_server, postgres_url  # noqa: F401`.
+The fixtures themselves are defined in tests/conftest.py on top of `find_pg_bin`/`start_postgres`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy.engine import URL, make_url
 
 DEFAULT_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -102,26 +100,3 @@ def start_postgres(pg_bin: Path) -> PostgresServer:
         raise RuntimeError(f"PostgreSQL did not start: {text.strip()[-2000:]}")
     url = make_url(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres")
     return PostgresServer(url, pg_bin, root)
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for the whole session (external when CVM_TEST_DATABASE_URL is set)."""
-    external = os.environ.get("CVM_TEST_DATABASE_URL")
-    if external:
-        yield PostgresServer(make_url(external))
-        return
-    pg_bin = find_pg_bin()
-    if pg_bin is None:
-        pytest.skip("PostgreSQL 15 binaries not found (install postgresql-15 or set CVM_TEST_DATABASE_URL)")
-    server = start_postgres(pg_bin)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def postgres_url(postgres_server: PostgresServer) -> str:
-    """URL of a fresh, empty database on the session's server."""
-    return postgres_server.create_database()

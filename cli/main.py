@@ -15,8 +15,10 @@ from types import ModuleType
 from cli import (
     average_weights,
     center_weights,
+    embed,
     evaluate,
     export_weights,
+    import_tf,
     localize,
     serve,
     summary,
@@ -35,6 +37,8 @@ COMMANDS: dict[str, ModuleType] = {
     "average-weights": average_weights,
     "export-weights": export_weights,
     "center-weights": center_weights,
+    "import-tf": import_tf,
+    "embed": embed,
 }
 
 

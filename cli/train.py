@@ -77,7 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backbone-weights",
         metavar="PATH",
         help="torchvision VGG16 state_dict to initialise both backbones (switches the "
-        "preprocessing to torchvision's RGB/ImageNet normalisation)",
+        "preprocessing to torchvision's RGB/ImageNet normalisation), or a checkpoint of this "
+        "project such as the original's *_init weights imported by `cvm import-tf` (each branch "
+        "from its own VGG16, keeping that checkpoint's input normalisation)",
     )
     parser.add_argument(
         "--init-weights",

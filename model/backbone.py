@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -154,9 +155,51 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_vgg16_backbone_weights(backbone: VGG16Conv5, path: str | Path) -> None:
+# `format` of the project's own checkpoints (`model.checkpoint.FORMAT`; not imported from there,
+# which imports this module).
+PROJECT_FORMAT = "cvm-geoloc/1"
+BRANCHES = ("ground", "satellite")
+
+
+def project_checkpoint_preprocessing(path: str | Path) -> Preprocessing | None:
+    """The preprocessing stored in `path` when it is one of the project's checkpoints (e.g. the
+    original's `*_init` weights brought in by `cvm import-tf`), None for a torchvision file. A
+    backbone initialised from such a checkpoint expects its input normalisation."""
+    sd: dict[str, Any] = _read_state_dict(Path(path))
+    if sd.get("format") != PROJECT_FORMAT:
+        return None
+    try:
+        return Preprocessing.from_dict(sd["config"]["preprocessing"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BackboneWeightsError(f"{path}: malformed checkpoint config ({exc})") from None
+
+
+def _load_from_project_checkpoint(
+    backbone: VGG16Conv5, path: Path, sd: dict[str, torch.Tensor], branch: str
+) -> None:
+    """Copy the `branch` VGG16 of a project checkpoint (its `vgg_ground.*` / `vgg_satellite.*`)."""
+    weights = sd.get("state_dict")
+    if branch not in BRANCHES or not isinstance(weights, dict):
+        raise BackboneWeightsError(f"{path}: no {branch} backbone in this checkpoint")
+    prefix = f"vgg_{branch}."
+    with torch.no_grad():
+        for key, tensor in backbone.state_dict(keep_vars=True).items():
+            source = weights.get(prefix + key)
+            if source is None:
+                raise BackboneWeightsError(f"{path}: missing {prefix + key} (not a VGG16 of this layout)")
+            if tuple(source.shape) != tuple(tensor.shape):
+                raise BackboneWeightsError(
+                    f"{path}: {prefix + key} has shape {tuple(source.shape)}, the backbone expects "
+                    f"{tuple(tensor.shape)}"
+                )
+            tensor.copy_(source)
+
+
+def load_vgg16_backbone_weights(backbone: VGG16Conv5, path: str | Path, branch: str = "ground") -> None:
     """Copy a torchvision VGG16 (or VGG16-BN, matching `backbone`'s BatchNorm) state_dict file
-    into a full-width `backbone`.
+    into a full-width `backbone`; or, from one of the project's checkpoints (such as the original's
+    `*_init` weights imported by `cvm import-tf`), its `branch` ("ground" / "satellite") VGG16,
+    whose input normalisation `project_checkpoint_preprocessing` gives.
 
     The file holds keys `features.N.weight` / `features.N.bias` (a whole-model state_dict or a
     `features` one whose keys carry that prefix); it is read with `weights_only=True`. The model
@@ -165,6 +208,9 @@ def load_vgg16_backbone_weights(backbone: VGG16Conv5, path: str | Path) -> None:
     """
     path = Path(path)
     sd = _read_state_dict(path)
+    if sd.get("format") == PROJECT_FORMAT:
+        _load_from_project_checkpoint(backbone, path, sd, branch)
+        return
     batchnorm = bool(backbone.batchnorms())
     targets = _weight_targets(backbone, batchnorm)
     missing = [k for k in targets if k not in sd]

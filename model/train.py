@@ -21,7 +21,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,11 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
-from model.backbone import config_for_torchvision_weights, load_vgg16_backbone_weights
+from model.backbone import (
+    config_for_torchvision_weights,
+    load_vgg16_backbone_weights,
+    project_checkpoint_preprocessing,
+)
 from model.centering import clear_centers
 from model.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from model.config import ModelConfig, Preprocessing, preset_config
@@ -182,7 +186,19 @@ def resolve_model_config(cfg: TrainConfig) -> ModelConfig:
     mcfg = (
         ModelConfig.from_dict(cfg.model_config) if cfg.model_config else preset_config(cfg.arch, cfg.preset)
     )
-    return config_for_torchvision_weights(mcfg) if cfg.backbone_weights else mcfg
+    if not cfg.backbone_weights:
+        return mcfg
+    # The project's own checkpoints (e.g. the original's `*_init` weights, `cvm import-tf`) bring
+    # their input normalisation; torchvision's files expect torchvision's.
+    prep = project_checkpoint_preprocessing(cfg.backbone_weights)
+    if prep is None:
+        return config_for_torchvision_weights(mcfg)
+    return replace(
+        mcfg,
+        preprocessing=replace(
+            mcfg.preprocessing, channel_order=prep.channel_order, mean=prep.mean, std=prep.std
+        ),
+    )
 
 
 def build_train_dataset(cfg: TrainConfig, prep: Preprocessing) -> TrainDataset:
@@ -221,8 +237,8 @@ def _new_run(cfg: TrainConfig) -> tuple[CVMNet, torch.optim.Optimizer, RunState]
     torch.manual_seed(cfg.seed)
     net = build_model(resolve_model_config(cfg))
     if cfg.backbone_weights:
-        for backbone in (net.vgg_ground, net.vgg_satellite):
-            load_vgg16_backbone_weights(backbone, cfg.backbone_weights)
+        for branch, backbone in (("ground", net.vgg_ground), ("satellite", net.vgg_satellite)):
+            load_vgg16_backbone_weights(backbone, cfg.backbone_weights, branch)
     if cfg.init_weights:
         _load_init_weights(net, cfg.init_weights)
     net.to(cfg.device)

@@ -81,9 +81,9 @@ def main() -> None:
             net.to(memory_format=torch.contiguous_format)
         print(f"weights {layout}:")
         g = time_branch(net.embed_ground, grd, args.repeats)
-        print(f"  ground    {prep.grd_size[0]}x{prep.grd_size[1]}: {g:8.1f} images/s")
+        print(f"  ground    {prep.grd_size[0]}x{prep.grd_size[1]}: {g:8.1f} images/s ({1 / g:.3f} s/image)")
         s = time_branch(net.embed_satellite, sat, args.repeats)
-        print(f"  satellite {prep.sat_size}x{prep.sat_size}: {s:8.1f} images/s")
+        print(f"  satellite {prep.sat_size}x{prep.sat_size}: {s:8.1f} images/s ({1 / s:.3f} s/image)")
     if args.train_batch:
         t = train_pairs_per_s(net, grd[: args.train_batch], sat[: args.train_batch], args.repeats)
         print(f"training step (NCHW), batch {args.train_batch}: {t:8.1f} pairs/s")

@@ -37,6 +37,10 @@ class ImageTooLarge(ServiceError):
     """The image header announces more pixels than the service decodes."""
 
 
+class ImageShapeRejected(ServiceError):
+    """The image header announces a shape no camera makes (a strip, or a side of a few pixels)."""
+
+
 class UploadTooLarge(ServiceError):
     """The request body is over the upload limit."""
 
@@ -47,6 +51,14 @@ class TileNotFound(ServiceError):
 
 class TileSourceMissing(ServiceError):
     """The tile exists but its source raster or image file is gone or unreadable."""
+
+
+class UnknownBuild(ServiceError):
+    """No build has the requested id."""
+
+
+class OverviewMissing(ServiceError):
+    """The build has no overview image (an older build, or one of pre-cut tiles only)."""
 
 
 class NotReady(ServiceError):
@@ -66,9 +78,12 @@ STATUS_CODES: dict[type[ServiceError], int] = {
     UnsupportedImage: 415,
     CorruptImage: 422,
     ImageTooLarge: 413,
+    ImageShapeRejected: 422,
     UploadTooLarge: 413,
     TileNotFound: 404,
     TileSourceMissing: 404,
+    UnknownBuild: 404,
+    OverviewMissing: 404,
     NotReady: 503,
     CatalogUnavailable: 503,
     IndexBuildError: 503,

@@ -17,10 +17,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from model.transforms import ImageLoadError, SizeFor, decode_open_image
-from service.errors import CorruptImage, EmptyUpload, ImageTooLarge, UnsupportedImage
+from service.errors import CorruptImage, EmptyUpload, ImageShapeRejected, ImageTooLarge, UnsupportedImage
 
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
 PANORAMA_MIN_ASPECT = 3.0
+# Shapes that no camera makes: a long side over 16 times the short one, or a side under 16 px.
+# Refused from the header, because the preparation of such strips (resizing, a photo's
+# reprojection) allocates for the long side alone and some of it fails outright.
+MAX_ASPECT = 16.0
+MIN_SIDE_PX = 16
 
 
 def _open_checked(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
@@ -29,7 +34,7 @@ def _open_checked(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     Raises EmptyUpload, UnsupportedImage or ImageTooLarge; the image is closed when it raises.
     """
     if not data:
-        raise EmptyUpload("the uploaded file is empty (0 bytes)")
+        raise EmptyUpload("the image file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             # Pillow warns (or raises) past its own global limit; ours is checked just below.
@@ -41,7 +46,7 @@ def _open_checked(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
             f"(a decompression bomb?); the limit is {max_pixels}"
         ) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise UnsupportedImage("the upload is not a JPEG, PNG or WebP image") from exc
+        raise UnsupportedImage("not a JPEG, PNG or WebP image") from exc
     fmt, (width, height) = str(im.format), im.size
     if fmt not in ACCEPTED_FORMATS:
         im.close()
@@ -50,6 +55,12 @@ def _open_checked(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
         im.close()
         raise ImageTooLarge(
             f"image too large: {width}x{height} = {width * height} pixels, the limit is {max_pixels}"
+        )
+    if min(width, height) < MIN_SIDE_PX or max(width, height) > MAX_ASPECT * min(width, height):
+        im.close()
+        raise ImageShapeRejected(
+            f"image shape not accepted: {width}x{height}; each side must be at least {MIN_SIDE_PX} px "
+            f"and the long side at most {MAX_ASPECT:g} times the short one"
         )
     return im, ACCEPTED_FORMATS[fmt]
 

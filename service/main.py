@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from service.api.routes import health, localize, metrics, tiles, ui
 from service.api.routes.ui import STATIC_DIR
+from service.api_key import ApiKeyMiddleware
 from service.core.config import ServiceSettings
 from service.core.state import AppState, shutdown, startup
 from service.errors import install_error_handlers
@@ -43,9 +45,22 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.cvm = AppState(settings=settings)
     install_error_handlers(app)
-    # Added last = outermost: metrics also count the 413s of the upload limit.
-    app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # Added last = outermost: the key is checked before any body is read, and metrics count
+    # every answer, the 401s and the 413s included; CORS wraps them all so that browsers see
+    # its headers on error answers too.
+    app.add_middleware(
+        UploadLimitMiddleware, max_bytes=settings.max_upload_bytes, body_timeout_s=settings.body_timeout_s
+    )
+    if settings.api_key is not None and settings.api_key.get_secret_value():
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key.get_secret_value())
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.cvm.metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+        )
     for module in (localize, tiles, health, metrics, ui):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

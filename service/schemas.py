@@ -227,9 +227,29 @@ def _fix_openapi(schema: dict[str, Any], settings: ServiceSettings) -> None:
     for name in VALIDATION_SCHEMAS:
         if f'/{name}"' not in text:
             components.pop(name, None)
+    if settings.api_key is not None and settings.api_key.get_secret_value():
+        _require_api_key(schema, error_ref)
     body = schema.get("paths", {}).get("/localize", {}).get("post", {}).get("requestBody")
     if body is not None:
         body["description"] = (
             f"{body.get('description', '')}. This instance: at most {settings.max_upload_mb:g} MiB "
             f"({settings.max_upload_bytes} bytes) and {settings.max_image_pixels} pixels"
         )
+
+
+def _require_api_key(schema: dict[str, Any], error_ref: str) -> None:
+    """State the API key (CVM_API_KEY) as a security scheme of every route that needs it."""
+    from service.api_key import HEADER, is_open
+
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["ApiKey"] = {"type": "apiKey", "in": "header", "name": HEADER}
+    schemes["Bearer"] = {"type": "http", "scheme": "bearer"}
+    for path, operations in schema.get("paths", {}).items():
+        if is_open(path):
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"ApiKey": []}, {"Bearer": []}]
+            operation.setdefault("responses", {})["401"] = {
+                "description": "missing or wrong API key",
+                "content": {"application/json": {"schema": {"$ref": error_ref}}},
+            }

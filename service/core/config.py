@@ -7,7 +7,7 @@ CVM_DATABASE_URL, CVM_INDEX_DIR) and the same weights (CVM_WEIGHTS) by default, 
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from model.runtime import RuntimeSettings
@@ -31,6 +31,19 @@ class ServiceSettings(RuntimeSettings, Settings):
     max_batch: int = Field(default=4, ge=1, le=1024, description="most requests in one forward pass")
     build_poll_s: float = Field(default=2.0, gt=0, description="how often the active build id is checked, s")
     tile_image_px: int = Field(default=256, ge=16, le=2048, description="side of tile PNGs, px")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="time for a request body to arrive in full, s"
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="when set, every route except /healthz, /readyz and the page's static files needs "
+        "the header `X-API-Key: <key>` (or `Authorization: Bearer <key>`)",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='origins allowed to call the API from a browser, e.g. ["https://maps.example.org"]; '
+        "none by default (the bundled page is same-origin)",
+    )
 
     @property
     def max_upload_bytes(self) -> int:

@@ -44,9 +44,10 @@ SENT: Counter[tuple[str, int, str]] = Counter()
 
 @st.composite
 def image_files(draw: st.DrawFn, pil_format: str) -> bytes:
-    """A small noise image of `pil_format`, grey, RGB or RGBA, from 1x1 to panorama proportions."""
-    height = draw(st.integers(min_value=1, max_value=48))
-    width = draw(st.integers(min_value=1, max_value=4 * height))
+    """A small noise image of `pil_format`, grey, RGB or RGBA, of a shape the service accepts
+    (each side at least 16 px, at most 16:1), from square to panorama proportions."""
+    height = draw(st.integers(min_value=16, max_value=48))
+    width = draw(st.integers(min_value=16, max_value=4 * height))
     seed = draw(st.integers(min_value=0, max_value=2**16))
     mode = draw(st.sampled_from(["RGB", "L", "RGBA"] if pil_format != "JPEG" else ["RGB", "L"]))
     rng = np.random.default_rng(seed)

@@ -179,5 +179,5 @@ def test_read_header_reports_format_and_size() -> None:
     assert read_header(photo_bytes(), 10**6) == ("JPEG", 160, 120)
     assert read_header(panorama_bytes(), 10**6) == ("PNG", 616, 112)
     buf = io.BytesIO()
-    Image.new("RGB", (20, 10)).save(buf, format="WEBP")
-    assert read_header(buf.getvalue(), 10**6) == ("WebP", 20, 10)
+    Image.new("RGB", (40, 20)).save(buf, format="WEBP")
+    assert read_header(buf.getvalue(), 10**6) == ("WebP", 40, 20)

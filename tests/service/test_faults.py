@@ -145,3 +145,74 @@ def test_a_body_trickling_in_is_cut_off_with_408() -> None:
 def test_a_body_in_time_passes_whatever_its_chunks() -> None:
     sent, _ = _drive([(b"ab", 0.0), (b"cd", 0.05), (b"e", 0.05)], timeout_s=2.0)
     assert sent[0]["status"] == 200 and sent[1]["body"] == b"5"
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("width,height", [(1, 10000), (5, 200000), (200000, 5), (10, 10), (300, 6000)])
+def test_strips_and_slivers_are_refused_from_the_header(client: TestClient, width: int, height: int) -> None:
+    # A few KB each; before the cap, preparing them failed in cv2 (500) or doubled the process's memory.
+    data = _png(width, height)
+    assert len(data) < 20_000
+    resp = client.post("/localize", files={"image": ("strip.png", data, "image/png")})
+    assert resp.status_code == 422, resp.text
+    assert f"{width}x{height}" in resp.json()["detail"] and "16" in resp.json()["detail"]
+
+
+def test_the_most_elongated_accepted_shape_is_answered(client: TestClient) -> None:
+    resp = client.post("/localize", files={"image": ("tall.png", _png(64, 1024), "image/png")})
+    assert resp.status_code == 200, resp.text
+
+
+def test_api_key_guards_every_route_but_probes_page_and_docs(world) -> None:
+    settings = world.settings(api_key="s3cret-key")
+    with TestClient(create_app(settings)) as client:
+        image = {"image": ("p.png", panorama_bytes(), "image/png")}
+        without = client.post("/localize", files=image)
+        wrong = client.post("/localize", files=image, headers={"X-API-Key": "nope"})
+        header = client.post("/localize", files=image, headers={"X-API-Key": "s3cret-key"})
+        bearer = client.get("/tiles/1", headers={"Authorization": "Bearer s3cret-key"})
+        tile_without = client.get("/tiles/1")
+        open_paths = {p: client.get(p).status_code for p in ("/healthz", "/readyz", "/", "/openapi.json")}
+        schema = client.get("/openapi.json").json()
+    assert without.status_code == 401 and "X-API-Key" in without.json()["detail"]
+    assert "s3cret" not in without.text
+    assert wrong.status_code == 401
+    assert header.status_code == 200
+    assert bearer.status_code in (200, 404) and tile_without.status_code == 401
+    assert open_paths == {"/healthz": 200, "/readyz": 200, "/": 200, "/openapi.json": 200}
+    localize_op = schema["paths"]["/localize"]["post"]
+    assert "401" in localize_op["responses"] and {"ApiKey": []} in localize_op["security"]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+def test_no_api_key_by_default_and_no_cors_unless_configured(client: TestClient, world) -> None:
+    resp = client.get("/tiles/1", headers={"Origin": "https://elsewhere.example"})
+    assert resp.status_code in (200, 404)
+    assert "access-control-allow-origin" not in resp.headers
+    settings = world.settings(cors_origins=["https://maps.example.org"])
+    with TestClient(create_app(settings)) as cors_client:
+        allowed = cors_client.options(
+            "/localize",
+            headers={"Origin": "https://maps.example.org", "Access-Control-Request-Method": "POST"},
+        )
+        other = cors_client.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://maps.example.org"
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_body_timeout_comes_from_the_settings(world) -> None:
+    from service.upload_limit import UploadLimitMiddleware
+
+    app = create_app(world.settings(body_timeout_s=7.5))
+    found = [m for m in app.user_middleware if m.cls is UploadLimitMiddleware]
+    assert found and found[0].kwargs["body_timeout_s"] == 7.5

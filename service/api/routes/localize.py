@@ -18,12 +18,12 @@ IMAGE_TYPES = "image/jpeg, image/png, image/webp"
 ERRORS = error_responses(
     {
         400: "empty upload (0 bytes)",
-        408: "request body not received within the body timeout (30 s)",
+        408: "request body not received within CVM_BODY_TIMEOUT_S (default 30 s)",
         413: "request body over CVM_MAX_UPLOAD_MB, or image header announcing more than "
         "CVM_MAX_IMAGE_PIXELS pixels",
         415: "not a JPEG, PNG or WebP image",
-        422: "undecodable (e.g. truncated) image, missing or non-file `image` field, "
-        "query parameter out of range",
+        422: "undecodable (e.g. truncated) image, a side under 16 px or a long side over 16 times "
+        "the short one, missing or non-file `image` field, query parameter out of range",
         503: "model or index not loaded",
     }
 )

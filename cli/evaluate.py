@@ -16,8 +16,10 @@ from model.config import VIEW_COUNTS
 from model.data import DatasetError
 from model.evaluate import evaluate_model, open_eval_dataset
 from model.metrics import RetrievalMetrics, format_table
+from model.protocols import ProtocolReport, evaluate_protocol, format_report, is_protocol_dataset
 from model.transforms import ImageLoadError
 from model.views import set_inference_options
+from model.vigor import VigorDataset
 from model.weights import default_weights_path
 
 HELP = "evaluate a checkpoint: R@1/5/10, R@1%% (both conventions), median rank, location error"
@@ -25,8 +27,19 @@ HELP = "evaluate a checkpoint: R@1/5/10, R@1%% (both conventions), median rank, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="PATH", help="checkpoint (default: the shipped weights)")
-    parser.add_argument("--data", required=True, metavar="DIR", help="CVUSA root or synthetic world folder")
-    parser.add_argument("--split", choices=("train", "val"), default="val", help="which split to evaluate")
+    parser.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="CVUSA root, synthetic world folder, CVACT folder (ACT_data.mat) or VIGOR folder "
+        "(DIR, DIR@same-area or DIR@cross-area); CVACT and VIGOR report their own protocol's figures",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("train", "val", "test"),
+        default="val",
+        help="which split to evaluate (test: CVACT_test, VIGOR's test split; VIGOR's val = test)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -76,12 +89,22 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"{weights} holds no descriptor means to centre with (scripts/center_weights.py)")
     set_inference_options(loaded.model, views=args.views, centered=args.centered)
     dataset = open_eval_dataset(args.data, loaded.config.preprocessing, args.split, args.queries)
+    protocol: ProtocolReport | None = None
+    if is_protocol_dataset(dataset):
+        if args.baseline and isinstance(dataset, VigorDataset):
+            raise ValueError("--baseline needs paired data (CVUSA layout, CVACT); VIGOR ranks a gallery")
+        protocol = evaluate_protocol(loaded.model, dataset, args.batch_size, args.workers, args.device)
+    elif args.split == "test":
+        raise ValueError("--split test exists for CVACT and VIGOR folders only")
     headings = args.headings
     if headings is None:  # as the service tries photos; panoramas face north
         headings = loaded.config.preprocessing.photo_headings if args.queries == "photo" else 1
-    metrics, skipped = evaluate_model(
-        loaded.model, dataset, args.batch_size, args.workers, args.device, headings=headings
-    )
+    if protocol is not None:
+        metrics, skipped = protocol.retrieval, protocol.skipped_queries
+    else:
+        metrics, skipped = evaluate_model(
+            loaded.model, dataset, args.batch_size, args.workers, args.device, headings=headings
+        )
     results: dict[str, RetrievalMetrics] = {"model": metrics}
     for kind in args.baseline:
         results[kind] = baseline_metrics(kind, dataset, seed=args.seed)
@@ -90,7 +113,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "weights_sha256": file_sha256(weights),
         "arch": loaded.config.arch,
         "preset": loaded.config.preset,
-        "data": str(dataset.root),
+        "data": str(getattr(dataset, "root", args.data)),
         "split": args.split,
         "queries": args.queries,
         "headings": headings,
@@ -99,6 +122,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "pairs": len(dataset),
         "missing": len(dataset.missing),
         "skipped": skipped,
+        "protocol": protocol,
         "results": results,
     }
 
@@ -112,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"cvm eval: error: {exc}", file=sys.stderr)
         return 2
     results: dict[str, RetrievalMetrics] = report.pop("results")
+    protocol: ProtocolReport | None = report.pop("protocol")
     if args.json:
         report["results"] = {name: m.to_dict() for name, m in results.items()}
+        if protocol is not None:
+            report["protocol"] = protocol.to_dict()
         print(json.dumps(report, indent=2))
         return 0
     print(f"{report['arch']} ({report['preset']}) {report['weights']}")
@@ -122,5 +149,10 @@ def run(args: argparse.Namespace) -> int:
         f" views={report['views']} centred={'yes' if report['centered'] else 'no'}"
         f" (missing {report['missing']}, unreadable {report['skipped']})"
     )
+    if protocol is not None:
+        print(format_report(protocol))
+        if len(results) > 1:
+            print(format_table(results))
+        return 0
     print(format_table(results))
     return 0

@@ -30,6 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="input kind (default: panorama when width / height >= 3, else photo)",
     )
     parser.add_argument("--json", action="store_true", help="print the same JSON as POST /localize")
+    prior = parser.add_mutually_exclusive_group()
+    prior.add_argument(
+        "--near", metavar="LAT,LON", help="search prior: rank only tiles within --radius-m of this point"
+    )
+    prior.add_argument(
+        "--bbox", metavar="W,S,E,N", help="search prior: rank only tiles whose centre lies in this box"
+    )
+    parser.add_argument("--radius-m", type=float, metavar="R", help="radius of the --near prior in metres")
 
 
 def _print_table(result: LocalizeResult) -> None:
@@ -37,6 +45,13 @@ def _print_table(result: LocalizeResult) -> None:
     print(f"{'rank':>4}  {'tile':>8}  {'lat':>11}  {'lon':>12}  {'score':>7}")
     for c in result.candidates:
         print(f"{c.rank:>4}  {c.tile.id:>8}  {c.tile.lat:>11.6f}  {c.tile.lon:>12.6f}  {c.score:>7.4f}")
+    est = result.estimate
+    if est is not None:
+        verdict = "confident" if est.confident else (est.note or "not confident")
+        print(
+            f"estimate {est.lat:.6f}, {est.lon:.6f} within {est.radius_m:.0f} m, "
+            f"confidence {est.confidence:.2f} ({verdict})"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,13 +62,19 @@ def run(args: argparse.Namespace) -> int:
     from service.catalog import Catalog
     from service.core.config import ServiceSettings
     from service.core.state import load_localizer
-    from service.errors import ServiceError
+    from service.errors import BadPrior, ServiceError
     from service.pipeline import localize_once
+    from service.prior import parse_prior
     from service.schemas import localize_out
     from service.store import SnapshotStore
     from storage.db import make_engine
     from storage.errors import StorageError
 
+    try:
+        prior = parse_prior(args.near, args.radius_m, args.bbox)
+    except BadPrior as exc:
+        print(f"cvm localize: {exc}", file=sys.stderr)
+        return 2
     try:
         data = args.photo.read_bytes()
     except OSError as exc:
@@ -67,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
         store = SnapshotStore(catalog, settings.index_root, localizer.weights_sha256, localizer.out_dim)
         store.refresh()
         claim_pool(settings.torch_threads)  # one thread does it all here
-        result = localize_once(localizer, store.require(), data, args.k, args.kind)
+        snapshot = store.require()
+        allowed = None if prior is None else snapshot.select(prior)
+        result = localize_once(localizer, snapshot, data, args.k, args.kind, allowed=allowed)
+    except BadPrior as exc:  # no tile of the build inside the prior
+        print(f"cvm localize: {exc}", file=sys.stderr)
+        return 2
     except (ServiceError, CheckpointError, FileNotFoundError, StorageError, ValidationError) as exc:
         print(f"cvm localize: {args.photo}: {exc}", file=sys.stderr)
         return 1

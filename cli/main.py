@@ -14,8 +14,10 @@ from types import ModuleType
 
 from cli import (
     average_weights,
+    calibrate,
     center_weights,
     embed,
+    eval_service,
     evaluate,
     export_weights,
     import_tf,
@@ -31,6 +33,8 @@ COMMANDS: dict[str, ModuleType] = {
     "summary": summary,
     "train": train,
     "eval": evaluate,
+    "eval-service": eval_service,
+    "calibrate": calibrate,
     "synth": synth,
     "serve": serve,
     "localize": localize,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -46,7 +47,7 @@ from indexer.embed import (
 from indexer.errors import InputRejected, UsageError
 from indexer.params import BuildParams, FileIdent
 from indexer.sources import RasterInfo, inspect_raster, resolve_inputs
-from indexer.tiles import ChipReader, plan_csv, plan_raster
+from indexer.tiles import ChipReader, check_resolution, count_raster, plan_csv, plan_raster
 from model.checkpoint import LoadedModel
 from storage import catalog
 from storage.db import session_scope
@@ -103,11 +104,16 @@ class BuildContext:
         return self.index_root / f"build-{self.build_id}"
 
 
+def tile_size_of(opts: BuildOptions, loaded: LoadedModel) -> float:
+    """--tile-size-m, else the checkpoint's sat_ground_m, else DEFAULT_TILE_M."""
+    return float(opts.tile_size_m or loaded.config.preprocessing.sat_ground_m or DEFAULT_TILE_M)
+
+
 def make_params(opts: BuildOptions, ctx: BuildContext) -> BuildParams:
     """The parameters of a new build (inputs resolved to files with size and mtime)."""
     paths, missing = resolve_inputs(list(opts.imagery))
     ctx.rejected.extend(missing)
-    tile = float(opts.tile_size_m or ctx.loaded.config.preprocessing.sat_ground_m or DEFAULT_TILE_M)
+    tile = tile_size_of(opts, ctx.loaded)
     csv_path = str(Path(opts.tiles_csv).expanduser().resolve()) if opts.tiles_csv else None
     if csv_path and not Path(csv_path).is_file():
         raise UsageError(f"{csv_path}: tile list not found")
@@ -196,9 +202,12 @@ class WorkLock:
         self._fh.close()
 
 
-def plan_stage(ctx: BuildContext, params: BuildParams) -> tuple[BuildParams, int]:
+def plan_stage(ctx: BuildContext, params: BuildParams, progress: bool = True) -> tuple[BuildParams, int]:
     """Stage 1: check inputs, lay out tiles, insert all rows in one transaction.
 
+    Tiles stream from the planner into the catalogue a chunk at a time (no list of all tiles is
+    ever held), under a progress bar on stderr that shows from the start: the rasters are
+    inspected and their tiles counted first (cheap, no footprints), then laid out and inserted.
     Returns the parameters with the inspected rasters (`sources`) and the planned count; a
     build planned by an earlier run already stores both.
     """
@@ -208,32 +217,55 @@ def plan_stage(ctx: BuildContext, params: BuildParams) -> tuple[BuildParams, int
             ctx.rejected[:] = [tuple(r) for r in build.counts.get("rejected", [])]
             return params, int(build.counts["planned"])
         started = time.perf_counter()
-        sources = _inspect_all(params, ctx)
-        rows = _planned_rows(params, sources, ctx)
-        ids = catalog.insert_tiles(session, ({**row, "build_id": ctx.build_id} for row in rows))
+        with planning_bar(progress) as bar:
+            sources = inspect_inputs(params.input_paths, params.tile_size_m, ctx.rejected, bar)
+            for info in sources.values():
+                bar.set_postfix_str(f"counting {Path(info.path).name}", refresh=False)
+                bar.total = (bar.total or 0) + count_raster(info, params.tile_size_m, params.stride_m)
+                bar.refresh()
+            bar.set_postfix_str("laying out and inserting", refresh=True)
+            rows = _planned_rows(params, sources, ctx, bar)
+            planned = catalog.insert_tile_stream(session, ({**row, "build_id": ctx.build_id} for row in rows))
         params = replace(params, sources=tuple(sources.values()))
         build.params = params.to_json()
-        build.counts = {"planned": len(ids), "rejected": [list(r) for r in ctx.rejected]}
+        build.counts = {"planned": planned, "rejected": [list(r) for r in ctx.rejected]}
         build.timings = {**build.timings, "plan_s": round(time.perf_counter() - started, 3)}
-        return params, len(ids)
+        return params, planned
 
 
-def _inspect_all(params: BuildParams, ctx: BuildContext) -> dict[str, RasterInfo]:
+def planning_bar(progress: bool) -> tqdm:
+    return tqdm(desc="planning", unit="tile", disable=not progress, mininterval=0.5, file=sys.stderr)
+
+
+def inspect_inputs(
+    paths: list[str], tile_size_m: float, rejected: list[tuple[str, str]], bar: tqdm | None = None
+) -> dict[str, RasterInfo]:
+    """The rasters that can be tiled, by path; each other one is appended to `rejected` with a
+    message naming it: unreadable, not georeferenced, ... (`inspect_raster`) or pixels too
+    coarse for the tile size (`check_resolution`)."""
     sources = {}
-    for path in params.input_paths:
+    for path in paths:
+        if bar is not None:
+            bar.set_postfix_str(f"inspecting {Path(path).name}", refresh=True)
         try:
-            sources[path] = inspect_raster(path)
+            info = inspect_raster(path)
+            check_resolution(info, tile_size_m)
         except InputRejected as exc:
-            ctx.rejected.append((path, str(exc)))
+            rejected.append((path, str(exc)))
+            continue
+        sources[path] = info
     return sources
 
 
-def _planned_rows(params: BuildParams, sources: dict[str, RasterInfo], ctx: BuildContext) -> Iterator[dict]:
+def _planned_rows(
+    params: BuildParams, sources: dict[str, RasterInfo], ctx: BuildContext, bar: tqdm
+) -> Iterator[dict]:
     size, stride = params.tile_size_m, params.stride_m
     for path, info in sources.items():
         n = 0
         for row in plan_raster(info, size, stride):
             n += 1
+            bar.update()
             yield row
         if n == 0:
             ctx.rejected.append(
@@ -246,7 +278,10 @@ def _planned_rows(params: BuildParams, sources: dict[str, RasterInfo], ctx: Buil
             ctx.rejected.append((params.tiles_csv.path, str(exc)))
             return
         ctx.rejected.extend(plan.rejected)
-        yield from plan.rows
+        bar.total = (bar.total or 0) + len(plan.rows)
+        for row in plan.rows:
+            bar.update()
+            yield row
 
 
 def shard_tasks(ctx: BuildContext, shard_size: int) -> Iterator[list[TileTask]]:

@@ -50,6 +50,11 @@ def _build_args(p: argparse.ArgumentParser) -> None:
         help="threads reading tiles ahead (default: half the CPU cores, 1-8)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the tile count, estimated embedding time and index memory; write nothing",
+    )
 
 
 def _positive(text: str) -> float:

@@ -14,7 +14,8 @@ from typing import IO, Any
 from sqlalchemy import Engine
 
 from indexer.build import BuildOptions, default_read_threads
-from indexer.runner import BuildReport, run_build
+from indexer.dryrun import DryRunReport
+from indexer.runner import BuildReport, run_build, run_dry
 from indexer.verify import verify_build
 from storage import catalog
 from storage.db import make_engine, session_scope, upgrade
@@ -49,9 +50,54 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         read_threads=args.read_threads if args.read_threads > 0 else default_read_threads(),
         progress=not args.no_progress,
     )
+    if args.dry_run:
+        dry = run_dry(opts, settings, args.weights, args.device)
+        _print_dry_run(dry)
+        return int(dry.exit_code)
     report = run_build(opts, settings, args.weights, args.device)
     _print_summary(report)
     return report.exit_code
+
+
+def _print_dry_run(r: DryRunReport) -> None:
+    for source, reason in r.rejected:
+        print(f"rejected: {reason if source in reason else f'{source}: {reason}'}", file=sys.stderr)
+    print(f"dry run ({r.tile_size_m:g} m tiles every {r.stride_m:g} m); nothing was written")
+    for path, n in r.counts:
+        print(f"  {n:>12,} tiles  {path}")
+    print(f"  {r.total:>12,} tiles  total ({len(r.counts)} inputs, {len(r.rejected)} rejected)")
+    if not r.total or r.spec is None or r.memory is None:
+        print("  nothing to index")
+        return
+    print(
+        f"  embedding: about {_duration(r.embed_seconds)} on {r.device} (an estimate: "
+        f"{r.seconds_per_tile * 1000:.1f} ms per tile of {r.views} view(s), measured now on a forward "
+        f"pass of {r.probe_tiles} tiles; reading the imagery is not included)"
+    )
+    m = r.memory
+    fixed = f" + {_bytes(m.fixed)} centroids and codebooks" if m.fixed else ""
+    print(
+        f"  index: {r.spec.kind} ({r.spec.factory}), {m.per_vector:,.0f} bytes per vector x "
+        f"{m.n:,}{fixed} = {_bytes(m.total)} (an estimate)"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _print_summary(r: BuildReport) -> None:

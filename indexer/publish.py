@@ -5,6 +5,7 @@ Order (each step idempotent, so a build killed anywhere here resumes by redoing 
      corrupt raster found mid-embedding leaves none of its tiles), in one transaction;
   2. train/add the index from the shards, measure recall@10 for approximate types;
   3. write index.faiss + index_meta.json into `.build-<id>.tmp`, fsync, rename to `build-<id>`;
+     then the overview of the imagery into that folder (indexer.overview; optional);
   4. one transaction: status, counts, stats, index_path, and (unless --no-activate) activation.
 The served build changes only in step 4.
 """
@@ -26,6 +27,7 @@ from sqlalchemy import select
 from indexer.build import BuildContext
 from indexer.embed import NODATA, OK, Shard, load_shard, shard_files
 from indexer.errors import IndexerError
+from indexer.overview import write_build_overview
 from indexer.params import BuildParams
 from storage import catalog, faiss_index
 from storage.db import session_scope
@@ -169,6 +171,7 @@ def merge_stage(
     meta = {"factory": spec.factory, "weights_sha256": ctx.weights_sha256, "build_id": ctx.build_id}
     meta |= {"index_type": spec.kind} | ({"nprobe": spec.nprobe} if spec.nprobe else {})
     folder = write_and_rename(ctx, index, meta)
+    write_build_overview(folder, params, exclude=plan.failed_sources)  # the map page's basemap
     stats["index_s"] = round(time.perf_counter() - started, 3)
     status = "partial" if rejected else "complete"
     _finish(ctx, status, counts, stats, folder, spec, activate=params.activate, run_started=run_started)

@@ -97,10 +97,26 @@ def run_build(
         engine.dispose()
 
 
+def run_dry(opts: stages.BuildOptions, settings: Settings, weights: Path | None, device: str) -> Any:
+    """`cvm-index build --dry-run`: count and estimate (indexer.dryrun); opens no database and
+    writes no file or folder."""
+    from indexer.dryrun import dry_run
+
+    if opts.resume not in (None, False):
+        raise UsageError("--dry-run estimates new inputs; it cannot be combined with --resume")
+    dev = resolve_device(device)
+    path = resolve_weights(weights, settings, None, None)
+    try:
+        loaded = load_checkpoint(path, device="cpu")
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    return dry_run(opts, loaded, dev)
+
+
 def _stages(
     ctx: stages.BuildContext, params: BuildParams, opts: stages.BuildOptions, t0: float
 ) -> BuildReport:
-    params, planned = stages.plan_stage(ctx, params)
+    params, planned = stages.plan_stage(ctx, params, progress=opts.progress)
     if planned == 0:
         counts = {"planned": 0, "indexed": 0, "rejected": [list(r) for r in ctx.rejected]}
         _mark(ctx, status="failed", counts=counts)

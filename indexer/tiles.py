@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +34,42 @@ from indexer.sources import RasterInfo, to_uint8
 
 # Tolerance (pixels) for a tile edge landing on the raster edge through float rounding.
 EDGE_EPS_PX = 1e-6
+# Fewest source pixels across a tile: a raster with coarser pixels is skipped (check_resolution).
+MIN_TILE_PX = 32
 
 
 def plan_raster(info: RasterInfo, size_m: float, stride_m: float) -> Iterator[dict[str, Any]]:
-    """Tile rows (dicts of Tile columns, without id/build_id) of one raster, row-major from the top-left."""
-    a, _, c, _, e, f = info.transform
-    left, top = c, f
-    right, bottom = c + a * info.width, f + e * info.height
+    """Tile rows (dicts of Tile columns, without id/build_id) of one raster, row-major from the
+    top-left. A generator: tiles are laid out as they are consumed, never all held at once."""
     frame = GroundFrame(info.crs)
-    x_mid = (left + right) / 2
+    for y_c, half_w, half_h, mx, my in _grid_rows(info, frame, size_m, stride_m):
+        for x_c in _grid_columns(info, half_w, stride_m / mx):
+            yield _raster_row(info, frame, (x_c, y_c, half_w, half_h), size_m, (mx, my))
+
+
+def count_raster(
+    info: RasterInfo, size_m: float, stride_m: float, on_row: Callable[[int], Any] | None = None
+) -> int:
+    """How many tiles `plan_raster` lays out, without computing their footprints (the same grid);
+    `on_row(n)` is called with the tile count of each tile row (progress)."""
+    frame = GroundFrame(info.crs)
+    total = 0
+    for _, half_w, _, mx, _ in _grid_rows(info, frame, size_m, stride_m):
+        n = sum(1 for _ in _grid_columns(info, half_w, stride_m / mx))
+        total += n
+        if on_row is not None:
+            on_row(n)
+    return total
+
+
+def _grid_rows(
+    info: RasterInfo, frame: GroundFrame, size_m: float, stride_m: float
+) -> Iterator[tuple[float, float, float, float, float]]:
+    """(y_c, half_w, half_h, mx, my) of each tile row, top to bottom: its centre y, the half
+    sizes of its tiles in CRS units and the local metres per CRS unit along x and y."""
+    a, _, c, _, e, f = info.transform
+    top, bottom = f, f + e * info.height
+    x_mid = (c + (c + a * info.width)) / 2
     # scales are sampled 1/200 pixel around a point, so a point 1/100 pixel inside the raster
     # never samples beyond it (e.g. past the pole of a world raster)
     y_c = top + e / 100
@@ -54,11 +81,40 @@ def plan_raster(info: RasterInfo, size_m: float, stride_m: float) -> Iterator[di
         half_w, half_h = size_m / mx / 2, size_m / my / 2
         if (y_c - half_h - bottom) / -e < -EDGE_EPS_PX:
             return
-        x_c = left + half_w
-        while (right - (x_c + half_w)) / a >= -EDGE_EPS_PX:
-            yield _raster_row(info, frame, (x_c, y_c, half_w, half_h), size_m, (mx, my))
-            x_c += stride_m / mx
+        yield y_c, half_w, half_h, mx, my
         y_c -= stride_m / my
+
+
+def _grid_columns(info: RasterInfo, half_w: float, step: float) -> Iterator[float]:
+    """Centre x of each whole tile of a tile row, left to right, `step` CRS units apart."""
+    a, c = info.transform[0], info.transform[2]
+    right = c + a * info.width
+    x_c = c + half_w
+    while (right - (x_c + half_w)) / a >= -EDGE_EPS_PX:
+        yield x_c
+        x_c += step
+
+
+def tile_pixels(info: RasterInfo, size_m: float) -> tuple[float, float]:
+    """(source pixels across a `size_m` tile, ground metres per pixel), measured at the raster's
+    centre (the mean of the two axes, as a tile's `gsd_m`)."""
+    a, _, c, _, e, f = info.transform
+    mx, my = _scale(GroundFrame(info.crs), info, c + a * info.width / 2, f + e * info.height / 2)
+    gsd = (a * mx + -e * my) / 2
+    return size_m / gsd, gsd
+
+
+def check_resolution(info: RasterInfo, size_m: float, min_px: int = MIN_TILE_PX) -> None:
+    """Refuse a raster whose pixels are too coarse for the tile size: fewer than `min_px` pixels
+    across a tile would make a tile of a handful of pixels, and the grid of such a raster (tiles
+    every few metres over pixels of hundreds) runs to millions of tiles of nothing."""
+    px, gsd = tile_pixels(info, size_m)
+    if px < min_px:
+        raise InputRejected(
+            f"{info.path}: pixels of {gsd:.3g} m are too coarse for {size_m:g} m tiles ({px:.2g} "
+            f"pixels across a tile, at least {min_px} needed); give --tile-size-m "
+            f"{math.ceil(min_px * gsd)} or more, or finer imagery"
+        )
 
 
 def _scale(frame: GroundFrame, info: RasterInfo, x: float, y: float) -> tuple[float, float]:

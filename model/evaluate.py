@@ -25,6 +25,7 @@ from model.data import (
     read_world_photos,
     report_failures,
 )
+from model.geodata import open_protocol_dataset
 from model.metrics import RetrievalMetrics, retrieval_metrics
 from model.transforms import heading_inputs
 
@@ -58,15 +59,21 @@ def resolve_data_root(data: str | Path) -> tuple[Path, Path | None]:
 
 def open_eval_dataset(
     data: str | Path, prep: Preprocessing, split: str = "val", queries: str = "panorama"
-) -> CVUSADataset:
-    """The un-augmented split of `data` (see `resolve_data_root`).
+) -> PairDataset:
+    """The un-augmented split of `data` (see `resolve_data_root`), or of a CVACT or VIGOR
+    folder (`model.geodata.open_protocol_dataset`; split "test" is CVACT_test / VIGOR's test).
 
     queries: "panorama" (the CVUSA ground images) or "photo" (a synthetic world's perspective
     photos, from its ground.csv; pairs without a photo keep their panorama).
     """
-    root, world = resolve_data_root(data)
     if queries not in ("panorama", "photo"):
         raise ValueError(f"queries must be 'panorama' or 'photo', got {queries!r}")
+    other = open_protocol_dataset(data, split, prep)
+    if other is not None:
+        if queries == "photo":
+            raise DatasetError(f"--queries photo needs a synthetic world folder (ground.csv), got {data}")
+        return other
+    root, world = resolve_data_root(data)
     photos = None
     if queries == "photo":
         if world is None:

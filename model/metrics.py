@@ -118,17 +118,20 @@ def metrics_from_ranks(
     top1: np.ndarray | None = None,
     query_latlon: np.ndarray | None = None,
     ref_latlon: np.ndarray | None = None,
+    gallery_size: int | None = None,
 ) -> RetrievalMetrics:
     """Summarise per-query ranks (n,) into `RetrievalMetrics`.
 
     query_latlon: (n, 2) true (lat, lon) of each query in degrees; ref_latlon: (n, 2) centre of
     each satellite reference. Both, plus `top1`, are needed for the distance errors.
+    gallery_size: the number of references when it differs from the number of queries (a
+    gallery of tiles, `rank_gallery`); the 1% cut-offs are taken of it.
     """
     ranks = np.asarray(ranks)
     n = int(ranks.shape[0])
     if n == 0:
         raise ValueError("no queries to evaluate (n = 0)")
-    k1pct, k1pct_cvm = top1pct_k(n)
+    k1pct, k1pct_cvm = top1pct_k(n if gallery_size is None else gallery_size)
 
     def recall(k: int) -> float:
         return float(100.0 * np.mean(ranks < k))
@@ -194,3 +197,110 @@ def _ks(rows: dict[str, RetrievalMetrics]) -> tuple[str, str]:
     ks = sorted({m.k1pct for m in rows.values()})
     kc = sorted({m.k1pct_cvm for m in rows.values()})
     return ",".join(map(str, ks)), ",".join(map(str, kc))
+
+
+# --- Galleries of references (VIGOR), accepted sets (semi-positives), metre-level error ----------
+
+# Thresholds (metres) of the metre-level localisation figures.
+METRE_THRESHOLDS_M = (1.0, 5.0, 10.0, 25.0, 50.0)
+
+
+@dataclass(frozen=True)
+class GalleryRanks:
+    """Per-query results of `rank_gallery` (all (n,) arrays).
+
+    ranks: references strictly more similar than the query's positive; top1: the reference
+    ranked first (the positive when its rank is 0); accepted_ranks: references strictly more
+    similar than the best of the positive and the query's accepted references (0: the top-1 is
+    one of them, VIGOR's "hit"; None when no accepted sets were given).
+    """
+
+    ranks: np.ndarray
+    top1: np.ndarray
+    accepted_ranks: np.ndarray | None
+
+
+def rank_gallery(
+    grd: np.ndarray,
+    sat: np.ndarray,
+    positive: np.ndarray,
+    accepted: np.ndarray | None = None,
+    block_rows: int | None = None,
+) -> GalleryRanks:
+    """Rank n queries against a gallery of m references that need not pair with them.
+
+    grd: (n, d) query descriptors; sat: (m, d) reference descriptors; positive: (n,) index of
+    each query's true reference. accepted: optional (n, k) indices of further references that
+    also count as correct (VIGOR's semi-positives, CVACT's tiles within 5 m; -1 pads). Ranks
+    follow the module's conventions (ties in the query's favour), also for `accepted_ranks`.
+    """
+    if grd.ndim != 2 or sat.ndim != 2 or grd.shape[1] != sat.shape[1]:
+        raise ValueError(f"descriptors must be (n, d) and (m, d); got {grd.shape} and {sat.shape}")
+    n, m = grd.shape[0], sat.shape[0]
+    if n == 0 or m == 0:
+        raise ValueError(f"nothing to rank: {n} queries, {m} references")
+    positive = np.asarray(positive, dtype=np.int64)
+    if positive.shape != (n,) or positive.min() < 0 or positive.max() >= m:
+        raise ValueError(f"positive must be ({n},) indices into {m} references")
+    acc = None
+    if accepted is not None:
+        acc = np.asarray(accepted, dtype=np.int64).reshape(n, -1)
+        if acc.size and acc.max() >= m:
+            raise ValueError(f"accepted indices must be below {m}")
+    s64 = np.ascontiguousarray(sat, dtype=np.float64)
+    rows = block_rows or max(1, _BLOCK_ELEMENTS // m)
+    ranks = np.empty(n, dtype=np.int64)
+    top1 = np.empty(n, dtype=np.int64)
+    acc_ranks = np.empty(n, dtype=np.int64) if acc is not None else None
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        sim = np.asarray(grd[start:stop], dtype=np.float64) @ s64.T
+        local = np.arange(stop - start)
+        pos = sim[local, positive[start:stop]]
+        ranks[start:stop] = (sim > pos[:, None]).sum(axis=1)
+        top1[start:stop] = np.where(ranks[start:stop] == 0, positive[start:stop], sim.argmax(axis=1))
+        if acc is not None and acc_ranks is not None:
+            block = acc[start:stop]
+            acc_sim = np.where(block >= 0, sim[local[:, None], np.maximum(block, 0)], -np.inf)
+            ok = np.maximum(pos, acc_sim.max(axis=1, initial=-np.inf))
+            acc_ranks[start:stop] = (sim > ok[:, None]).sum(axis=1)
+    return GalleryRanks(ranks, top1, acc_ranks)
+
+
+@dataclass(frozen=True)
+class MetreErrors:
+    """Metre-level localisation of n queries located at their top-1 reference's centre.
+
+    within_*: percentage of queries whose error is at most that many metres; median_m: the
+    median error in metres.
+    """
+
+    n: int
+    within_1m: float
+    within_5m: float
+    within_10m: float
+    within_25m: float
+    within_50m: float
+    median_m: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def metre_errors(err_m: np.ndarray) -> MetreErrors:
+    """Summarise per-query localisation errors (metres) at `METRE_THRESHOLDS_M`."""
+    err = np.asarray(err_m, dtype=np.float64).reshape(-1)
+    if err.size == 0:
+        raise ValueError("no errors to summarise (n = 0)")
+    if not np.all(np.isfinite(err)) or err.min() < 0:
+        raise ValueError("errors must be finite and non-negative metres")
+    pct = [float(100.0 * np.mean(err <= t)) for t in METRE_THRESHOLDS_M]
+    return MetreErrors(int(err.size), pct[0], pct[1], pct[2], pct[3], pct[4], float(np.median(err)))
+
+
+def planar_errors_m(query_xy: np.ndarray, ref_xy: np.ndarray, top1: np.ndarray) -> np.ndarray:
+    """Euclidean distance (metres) from each query's true position (n, 2) to the position of its
+    top-1 reference, `ref_xy[top1]`, for coordinates already in metres (CVACT's UTM)."""
+    q = np.asarray(query_xy, dtype=np.float64)
+    r = np.asarray(ref_xy, dtype=np.float64)[np.asarray(top1)]
+    return np.hypot(q[:, 0] - r[:, 0], q[:, 1] - r[:, 1])

@@ -38,8 +38,17 @@ from model.centering import clear_centers
 from model.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from model.config import ModelConfig, Preprocessing, preset_config
 from model.cvm_net import CVMNet, build_model
-from model.data import CVUSADataset, DatasetError, PairBatch, collate_pairs, report_failures, set_epoch
+from model.data import (
+    CVUSADataset,
+    DatasetError,
+    PairBatch,
+    PairDataset,
+    collate_pairs,
+    report_failures,
+    set_epoch,
+)
 from model.evaluate import evaluate_model, open_eval_dataset, resolve_data_root
+from model.geodata import open_protocol_dataset
 from model.losses import weighted_soft_margin_loss
 
 log = logging.getLogger(__name__)
@@ -52,7 +61,7 @@ _RUN_IDENTITY = ("arch", "preset", "model_config", "batch_size", "seed", "data",
 
 
 # Several training folders are concatenated.
-TrainDataset = CVUSADataset | ConcatDataset
+TrainDataset = PairDataset | ConcatDataset
 
 
 class TrainError(RuntimeError):
@@ -203,8 +212,22 @@ def resolve_model_config(cfg: TrainConfig) -> ModelConfig:
 
 def build_train_dataset(cfg: TrainConfig, prep: Preprocessing) -> TrainDataset:
     """The augmented train splits of every `cfg.data` folder, concatenated."""
-    parts: list[CVUSADataset] = []
+    parts: list[PairDataset] = []
     for k, data in enumerate(cfg.data):
+        # CVACT and VIGOR folders (`open_protocol_dataset`): their train split, same options.
+        other = open_protocol_dataset(
+            data,
+            "train",
+            prep,
+            augment=cfg.augment,
+            photo_fraction=cfg.photo_fraction,
+            seed=cfg.seed * 1000 + k,
+            aligned=cfg.aligned_augment,
+            photo_placement=cfg.photo_placement,
+        )
+        if other is not None:
+            parts.append(other)
+            continue
         root, _ = resolve_data_root(data)
         # A distinct augmentation seed per folder, so that equal indices of two worlds differ.
         parts.append(
@@ -222,7 +245,7 @@ def build_train_dataset(cfg: TrainConfig, prep: Preprocessing) -> TrainDataset:
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
-def _build_val_dataset(cfg: TrainConfig, prep: Preprocessing) -> CVUSADataset | None:
+def _build_val_dataset(cfg: TrainConfig, prep: Preprocessing) -> PairDataset | None:
     source = cfg.val_data or cfg.data[0]
     try:
         return open_eval_dataset(source, prep, "val")
@@ -433,7 +456,7 @@ def _run_epoch(
 
 
 def _finish_epoch(
-    net: CVMNet, opt: torch.optim.Optimizer, state: RunState, val: CVUSADataset | None, ctx: _Context
+    net: CVMNet, opt: torch.optim.Optimizer, state: RunState, val: PairDataset | None, ctx: _Context
 ) -> None:
     """Validate, record the epoch, write epoch-NNN.pt / best.pt / last.pt / metrics.jsonl."""
     cfg = ctx.cfg

@@ -1,14 +1,19 @@
 """An optional API key: with `CVM_API_KEY` set, every request needs it, except the ones a load
 balancer, a browser opening the page, or an operator reading the docs make without one.
 
-The key is accepted as `X-API-Key: <key>` or `Authorization: Bearer <key>` and compared in
-constant time. A missing or wrong key is answered 401 `{"detail": ...}` before the route runs.
+The key is accepted as `X-API-Key: <key>`, `Authorization: Bearer <key>` or the same-site cookie
+`cvm_api_key` that the map page sets once the user typed the key (images drawn by the page cannot
+send headers), and compared in constant time. A missing or wrong key is answered
+401 `{"detail": ...}` before the route runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -16,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/favicon.ico", "/docs", "/redoc", "/openapi.json"})
 OPEN_PREFIXES = ("/static/", "/docs/")
 HEADER = "X-API-Key"
+COOKIE = "cvm_api_key"
 
 
 def is_open(path: str) -> bool:
@@ -24,7 +30,8 @@ def is_open(path: str) -> bool:
 
 
 def presented_key(scope: Scope) -> str | None:
-    """The key a request carries, from `X-API-Key` or a bearer `Authorization` header."""
+    """The key a request carries: `X-API-Key`, a bearer `Authorization` header, or the cookie."""
+    cookie_key = None
     for name, value in scope.get("headers", ()):
         if name == b"x-api-key":
             return value.decode("latin-1")
@@ -32,7 +39,13 @@ def presented_key(scope: Scope) -> str | None:
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token:
                 return token.strip()
-    return None
+        if name == b"cookie":
+            jar = SimpleCookie()
+            with contextlib.suppress(CookieError):
+                jar.load(value.decode("latin-1"))
+            if COOKIE in jar:
+                cookie_key = unquote(jar[COOKIE].value)
+    return cookie_key
 
 
 class ApiKeyMiddleware:

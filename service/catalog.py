@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -127,16 +128,18 @@ class Catalog:
         self.engine = engine
         self.timeout_s = timeout_s
 
-    async def run(self, query: Callable[..., T], *args: Any) -> T:
-        """`query(*args)` in a worker thread, given up after `timeout_s` with CatalogUnavailable.
+    async def run(self, query: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
+        """`query(*args)` in a worker thread, given up after `timeout_s` (default: the catalogue's)
+        with CatalogUnavailable.
 
         A query that never returns keeps its worker thread; the request is answered regardless.
         """
+        limit = self.timeout_s if timeout_s is None else timeout_s
         try:
-            return await asyncio.wait_for(asyncio.to_thread(query, *args), self.timeout_s)
+            return await asyncio.wait_for(asyncio.to_thread(query, *args), limit)
         except TimeoutError:
             raise CatalogUnavailable(
-                f"catalogue database not reachable: no answer within {self.timeout_s:g} s"
+                f"catalogue database not reachable: no answer within {limit:g} s"
             ) from None
 
     def active_build(self) -> BuildInfo | None:
@@ -165,6 +168,19 @@ class Catalog:
         )
         with _reachable(), Session(self.engine) as session:
             return [_build_info(row) for row in session.scalars(stmt)]
+
+    def build(self, build_id: int) -> BuildInfo | None:
+        """The build with this id, or None."""
+        with _reachable(), Session(self.engine) as session:
+            row = session.get(Build, build_id)
+            return _build_info(row) if row is not None else None
+
+    def tile_bounds(self, build_id: int) -> np.ndarray:
+        """(n, 4) float64 bbox [W, S, E, N] of every tile of a build (degrees)."""
+        cols = (Tile.west, Tile.south, Tile.east, Tile.north)
+        with _reachable(), self.engine.connect() as conn:
+            rows = conn.execute(select(*cols).where(Tile.build_id == build_id)).all()
+        return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
 
     def tile(self, tile_id: int) -> TileRecord | None:
         """The tile with this id (of any build), or None."""

@@ -73,6 +73,10 @@ class IndexBuildError(ServiceError):
     """An index build's files are missing or do not match the served weights."""
 
 
+class BadPrior(ServiceError):
+    """A search prior (near/radius_m, bbox) that is malformed, out of range or holds no tile."""
+
+
 STATUS_CODES: dict[type[ServiceError], int] = {
     EmptyUpload: 400,
     UnsupportedImage: 415,
@@ -87,6 +91,7 @@ STATUS_CODES: dict[type[ServiceError], int] = {
     NotReady: 503,
     CatalogUnavailable: 503,
     IndexBuildError: 503,
+    BadPrior: 422,
 }
 
 

@@ -106,15 +106,20 @@ class FlatView:
         two_pass = len(ids) > 0 and vectors.size >= least and fits and int8_product_available()
         self.int8 = quantise_rows(self.vectors) if two_pass else None
         self.owner: Any = None  # what keeps `vectors` alive, if not the caller
+        self._by_id: tuple[np.ndarray, np.ndarray] | None = None  # sorted ids, their rows
 
     @classmethod
-    def of(cls, index: Any, min_values_two_pass: int | None = None) -> FlatView | None:
+    def of(cls, index: Any, min_values_two_pass: int | None = None, hnsw: bool = False) -> FlatView | None:
         """The view of an IDMap2 over a flat inner-product index, else None (IVF, HNSW...).
-        Two passes from `min_values_two_pass` floats on (None: MIN_VALUES_TWO_PASS)."""
+        Two passes from `min_values_two_pass` floats on (None: MIN_VALUES_TWO_PASS).
+        hnsw=True also views the float32 vectors an IDMap2 over an HNSW-Flat index stores (its
+        exact scores, for searches restricted to a few tiles: `search(..., ids=)`)."""
         outer = faiss.downcast_index(index)
         if not isinstance(outer, faiss.IndexIDMap2):
             return None
         inner = faiss.downcast_index(outer.index)
+        if hnsw and isinstance(inner, faiss.IndexHNSW):
+            inner = faiss.downcast_index(inner.storage)
         if not isinstance(inner, faiss.IndexFlat) or inner.metric_type != faiss.METRIC_INNER_PRODUCT:
             return None
         n, d = int(inner.ntotal), int(inner.d)
@@ -125,33 +130,61 @@ class FlatView:
         view.owner = index  # the vectors live in the index's storage
         return view
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Like FAISS: (n, d) -> scores (n, k) float32, ids (n, k) int64, best first; slots past
-        the index size hold id -1 and score -FLT_MAX. Equal scores are ordered by row."""
-        n, total = len(queries), len(self.ids)
+        the index size hold id -1 and score -FLT_MAX. Equal scores are ordered by row.
+
+        `ids` (tile ids of this index) restricts the search to those tiles: the answer is the
+        unrestricted ranking with every other tile taken out (scores and order unchanged)."""
+        n = len(queries)
+        allowed = None if ids is None else self.rows_of(ids)
+        total = len(self.ids) if allowed is None else len(allowed)
         scores = np.full((n, k), -np.finfo(np.float32).max, dtype=np.float32)
-        ids = np.full((n, k), -1, dtype=np.int64)
+        out_ids = np.full((n, k), -1, dtype=np.int64)
         kept = min(k, total)
         if kept:
             q = np.ascontiguousarray(queries, dtype=np.float32)
             finite = np.isfinite(q).all(axis=1)  # a query with NaN or inf matches nothing
             with torch.inference_mode():
-                for i, rows in zip(np.flatnonzero(finite), self._candidates(q[finite], kept), strict=True):
+                if allowed is None:
+                    candidates = self._candidates(q[finite], kept)
+                else:
+                    candidates = self._candidates(q[finite], kept, allowed)
+                for i, rows in zip(np.flatnonzero(finite), candidates, strict=True):
                     scores[i, :kept], best = self._rescore(q[i], rows, kept)
-                    ids[i, :kept] = self.ids[best]
-        return scores, ids
+                    out_ids[i, :kept] = self.ids[best]
+        return scores, out_ids
 
-    def _candidates(self, q: np.ndarray, k: int) -> list[np.ndarray | None]:
-        """Per finite query, the rows that may be among its k best (None: all rows)."""
-        if self.int8 is None or not len(q):
-            return [None] * len(q)
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """The rows (ascending) holding tile ids `ids`; ids not in the index are left out."""
+        if self._by_id is None:
+            order = np.argsort(self.ids, kind="stable")
+            self._by_id = (self.ids[order], order)
+        sorted_ids, order = self._by_id
+        ids = np.asarray(ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+        found = sorted_ids[at] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
+        return np.sort(order[at[found]])
+
+    def _candidates(
+        self, q: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[np.ndarray | None]:
+        """Per finite query, the rows that may be among its k best (None: all rows), among the
+        `allowed` rows (ascending) when given."""
+        few = allowed is not None and len(allowed) <= MAX_CANDIDATE_SHARE * len(self.ids)
+        if self.int8 is None or not len(q) or few:
+            return [allowed] * len(q)  # a few allowed rows are simply scored in float32
         coarse, margin = first_pass(self.int8, q)
         out: list[np.ndarray | None] = []
         for i in range(len(q)):
-            column = coarse[:, i]
+            column = coarse[:, i] if allowed is None else coarse[torch.from_numpy(allowed), i]
             kth = int(torch.topk(column, k).values[-1])  # k rows reach this int8 score
             rows = np.flatnonzero(column.numpy() >= kth - margin[i])
-            out.append(rows if len(rows) <= MAX_CANDIDATE_SHARE * len(self.ids) else None)
+            if allowed is not None:
+                rows = allowed[rows]
+            out.append(rows if len(rows) <= MAX_CANDIDATE_SHARE * len(self.ids) else allowed)
         return out
 
     def _rescore(self, q: np.ndarray, rows: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ import torch
 from model.checkpoint import LoadedModel, file_sha256, load_checkpoint
 from model.config import ModelConfig, Preprocessing
 from model.transforms import heading_inputs, input_size, prepare_ground, prepare_photo
+from service.calibration import Calibration, load_calibration
 from service.imaging import decode_upload, kind_of_size
 
 KINDS = ("panorama", "photo")
@@ -23,8 +24,16 @@ KINDS = ("panorama", "photo")
 class Localizer:
     """Decodes, preprocesses and embeds ground images with the served weights."""
 
-    def __init__(self, loaded: LoadedModel, weights_sha256: str, max_pixels: int) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        weights_sha256: str,
+        max_pixels: int,
+        calibration: Calibration | None = None,
+    ) -> None:
         self.model = loaded.model.eval()
+        # The confidence model of the location estimate (`service.calibration`), fitted for these weights.
+        self.calibration = calibration
         self.config: ModelConfig = loaded.config
         self.weights_path = Path(loaded.path)
         self.weights_sha256 = weights_sha256
@@ -37,7 +46,9 @@ class Localizer:
     def from_checkpoint(cls, path: Path, device: str = "cpu", max_pixels: int = 40_000_000) -> Localizer:
         """Load weights through the one checkpoint loader (raises CheckpointError naming the file)."""
         loaded = load_checkpoint(path, device=device)
-        return cls(loaded, file_sha256(path), max_pixels)
+        sha = file_sha256(path)
+        # The calibration sidecar beside the weights (CheckpointError naming it when unreadable).
+        return cls(loaded, sha, max_pixels, load_calibration(Path(path), sha))
 
     @property
     def preprocessing(self) -> Preprocessing:

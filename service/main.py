@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from service.api.routes import health, localize, metrics, tiles, ui
+from service.api.routes import builds, health, localize, metrics, tiles, ui
 from service.api.routes.ui import STATIC_DIR
 from service.api_key import ApiKeyMiddleware
 from service.core.config import ServiceSettings
@@ -61,7 +61,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
         )
-    for module in (localize, tiles, health, metrics, ui):
+    for module in (localize, tiles, builds, health, metrics, ui):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_openapi(app, settings)

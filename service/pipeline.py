@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,6 +20,8 @@ from model.runtime import claim_pool, compute_single_threaded
 from service.batcher import MicroBatcher
 from service.catalog import TilePlace
 from service.localizer import Localizer
+from service.locate import LocationEstimate, estimate_params, locate
+from service.prior import Prior
 from service.snapshot import IndexSnapshot
 from service.store import SnapshotStore
 
@@ -38,6 +40,8 @@ class Query:
     snapshot: IndexSnapshot
     k: int
     photo: bool = False
+    # tile ids (ascending) the search is restricted to (a prior: `IndexSnapshot.select`); None: all
+    allowed: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,10 @@ class LocalizeResult:
     kind: str
     timings_ms: dict[str, float]
     batch_size: int
+    # Where the query most likely is, from the consensus of the best tiles (`service.locate`).
+    estimate: LocationEstimate | None = None
+    # The top `heat` tiles of the same search as (lon, lat, score), best first (`heat_points`).
+    heat: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 def run_batch(localizer: Localizer, queries: Sequence[Query]) -> list[Match]:
@@ -81,15 +89,20 @@ def run_batch(localizer: Localizer, queries: Sequence[Query]) -> list[Match]:
     emb = localizer.embed(x, photo)
     forward_s = time.perf_counter() - t0
     ends = np.cumsum([len(q.x) for q in queries])  # query i owns rows ends[i] - m .. ends[i]
-    by_snapshot: dict[int, list[int]] = {}
+    by_snapshot: dict[tuple[int, int], list[int]] = {}
     for i, q in enumerate(queries):
-        by_snapshot.setdefault(id(q.snapshot), []).append(i)
+        # one search per snapshot and prior (queries with other priors search other tiles)
+        by_snapshot.setdefault((id(q.snapshot), id(q.allowed)), []).append(i)
     matches: list[Match | None] = [None] * len(queries)
     t1 = time.perf_counter()
     for members in by_snapshot.values():
         snap, k_max = queries[members[0]].snapshot, max(queries[i].k for i in members)
         rows = np.concatenate([np.arange(ends[i] - len(queries[i].x), ends[i]) for i in members])
-        scores, ids = snap.search(emb[rows], k_max)
+        allowed = queries[members[0]].allowed
+        if allowed is None:
+            scores, ids = snap.search(emb[rows], k_max)
+        else:
+            scores, ids = snap.search(emb[rows], k_max, allowed)
         start = 0
         for i in members:
             m, k = len(queries[i].x), queries[i].k
@@ -121,6 +134,35 @@ def best_per_tile(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarr
             if len(keep) == k:
                 break
     return flat_ids[keep], flat_scores[keep]
+
+
+def search_k(localizer: Localizer, k: int) -> int:
+    """How many tiles to search for: the user's k, and at least the estimate's pool."""
+    return max(k, estimate_params(localizer.calibration).pool)
+
+
+def answer(
+    localizer: Localizer, snapshot: IndexSnapshot, match: Match, k: int, kind: str
+) -> tuple[list[Candidate], LocationEstimate | None]:
+    """The user's k candidates and the location estimate from all the searched ones."""
+    ranked = rank(snapshot, match)
+    est = locate(
+        [c.tile for c in ranked], [c.score for c in ranked], kind, snapshot.grid_m, localizer.calibration
+    )
+    return ranked[:k], est
+
+
+def heat_points(snapshot: IndexSnapshot, match: Match, n: int) -> list[tuple[float, float, float]]:
+    """(lon, lat, score) of the n best tiles of a search (for the page's heat map), best first;
+    lon/lat rounded to 1e-7 degrees (1 cm), scores to 1e-6."""
+    if n <= 0:
+        return []
+    tiles = snapshot.lookup(match.ids[:n])
+    return [
+        (round(t.lon, 7), round(t.lat, 7), round(float(s), 6))
+        for s, t in zip(match.scores[:n], tiles, strict=True)
+        if t is not None
+    ]
 
 
 def rank(snapshot: IndexSnapshot, match: Match) -> list[Candidate]:
@@ -162,42 +204,63 @@ class LocalizationService:
         await self.batcher.stop()
         self._decoders.shutdown(wait=True)
 
-    async def localize(self, data: bytes, k: int, kind: str | None) -> LocalizeResult:
-        """Top-k tiles for an uploaded image. Image errors propagate (4xx); NotReady without index."""
+    async def localize(
+        self, data: bytes, k: int, kind: str | None, heat: int = 0, prior: Prior | None = None
+    ) -> LocalizeResult:
+        """Top-k tiles for an uploaded image (and the top `heat` as heat points). Image errors
+        propagate (4xx); NotReady without index."""
         t0 = time.perf_counter()
         snapshot = self.store.require()  # this request uses this build to the end, even across a swap
+        allowed = None if prior is None else snapshot.select(prior)  # BadPrior: no tile inside
         if self.batcher.idle():
             # Alone: decode, forward and search in the batch thread in one go, no queue.
-            result = await self.batcher.solo(lambda: localize_once(self.localizer, snapshot, data, k, kind))
+            result = await self.batcher.solo(
+                lambda: localize_once(self.localizer, snapshot, data, k, kind, heat, allowed=allowed)
+            )
             result.timings_ms["total"] = _ms(time.perf_counter() - t0)
             return result
         with self.batcher.incoming():
             loop = asyncio.get_running_loop()
             prepared = await loop.run_in_executor(self._decoders, self.localizer.prepare, data, kind)
         x, used, decode_s, prep_s = prepared
-        match, stats = await self.batcher.submit(Query(x, snapshot, k, photo=used == "photo"))
+        query = Query(
+            x, snapshot, max(search_k(self.localizer, k), heat), photo=used == "photo", allowed=allowed
+        )
+        match, stats = await self.batcher.submit(query)
         t1 = time.perf_counter()
-        candidates = rank(snapshot, match)
+        candidates, est = answer(self.localizer, snapshot, match, k, used)
+        points = heat_points(snapshot, match, heat)
         t2 = time.perf_counter()
         stages = (decode_s, prep_s, stats.queued_s, match.forward_s, match.search_s, t2 - t1, t2 - t0)
-        return LocalizeResult(candidates, snapshot.build_id, used, _timings(stages), stats.batch_size)
+        return LocalizeResult(
+            candidates, snapshot.build_id, used, _timings(stages), stats.batch_size, est, heat=points
+        )
 
 
 def localize_once(
-    localizer: Localizer, snapshot: IndexSnapshot, data: bytes, k: int, kind: str | None
+    localizer: Localizer,
+    snapshot: IndexSnapshot,
+    data: bytes,
+    k: int,
+    kind: str | None,
+    heat: int = 0,
+    allowed: np.ndarray | None = None,
 ) -> LocalizeResult:
     """The same pipeline without batching or an event loop, in the calling thread. Blocking.
 
-    For `cvm localize`, and for a request that finds the service idle.
+    For `cvm localize`, and for a request that finds the service idle. `allowed`: the tile ids a
+    prior leaves (`IndexSnapshot.select`), None for all.
     """
     t0 = time.perf_counter()
     x, used, decode_s, prep_s = localizer.prepare(data, kind)
-    (match,) = run_batch(localizer, [Query(x, snapshot, k, photo=used == "photo")])
+    query = Query(x, snapshot, max(search_k(localizer, k), heat), photo=used == "photo", allowed=allowed)
+    (match,) = run_batch(localizer, [query])
     t1 = time.perf_counter()
-    candidates = rank(snapshot, match)
+    candidates, est = answer(localizer, snapshot, match, k, used)
+    points = heat_points(snapshot, match, heat)
     t2 = time.perf_counter()
     stages = (decode_s, prep_s, 0.0, match.forward_s, match.search_s, t2 - t1, t2 - t0)
-    return LocalizeResult(candidates, snapshot.build_id, used, _timings(stages), 1)
+    return LocalizeResult(candidates, snapshot.build_id, used, _timings(stages), 1, est, heat=points)
 
 
 def _ms(seconds: float) -> float:

@@ -12,6 +12,7 @@ from pydantic.json_schema import models_json_schema
 
 from service.catalog import TileRecord
 from service.core.config import ServiceSettings
+from service.locate import LocationEstimate
 from service.pipeline import LocalizeResult
 
 
@@ -22,6 +23,7 @@ def number_array(n: int) -> WithJsonSchema:
 
 
 Bbox = Annotated[tuple[float, float, float, float], number_array(4)]
+HeatPoint = Annotated[tuple[float, float, float], number_array(3)]
 
 
 class CandidateOut(BaseModel):
@@ -35,6 +37,20 @@ class CandidateOut(BaseModel):
     bbox: Bbox
 
 
+class EstimateOut(BaseModel):
+    """Where the query most likely is: the weighted centre of the best-scoring group of nearby tiles,
+    a radius around it, and the calibrated probability that the true place lies within the radius."""
+
+    lat: float
+    lon: float
+    radius_m: float = Field(ge=0, description="radius around (lat, lon), metres")
+    confidence: float = Field(
+        ge=0, le=1, description="probability that the true place lies within radius_m (calibrated)"
+    )
+    confident: bool = Field(description="confidence reached the calibrated threshold")
+    note: str | None = Field(default=None, description='"no confident match" when not confident')
+
+
 class LocalizeOut(BaseModel):
     """Answer of POST /localize."""
 
@@ -46,6 +62,13 @@ class LocalizeOut(BaseModel):
         description="decode, preprocess, queue, forward, search, database and total, in ms"
     )
     batch_size: int = Field(description="images in the forward pass this request shared")
+    estimate: EstimateOut | None = Field(
+        default=None, description="the location estimate from the consensus of the best tiles"
+    )
+    heat: list[HeatPoint] = Field(
+        default_factory=list,
+        description="with ?heat=N: the N best tiles of the same search as [lon, lat, score], best first",
+    )
 
 
 class PointOut(BaseModel):
@@ -55,6 +78,12 @@ class PointOut(BaseModel):
     coordinates: Annotated[tuple[float, float], number_array(2)] = Field(description="[lon, lat] in degrees")
 
 
+class CandidatePropertiesOut(CandidateOut):
+    """A candidate's JSON fields and its role in the collection."""
+
+    role: Literal["candidate"]
+
+
 class CandidateFeatureOut(BaseModel):
     """GeoJSON Feature of one ranked tile; `properties` are the candidate's JSON fields."""
 
@@ -62,7 +91,25 @@ class CandidateFeatureOut(BaseModel):
     id: int = Field(description="tile id")
     bbox: Bbox
     geometry: PointOut
-    properties: CandidateOut
+    properties: CandidatePropertiesOut
+
+
+class EstimatePropertiesOut(BaseModel):
+    """The estimate's fields other than its position (the Point)."""
+
+    role: Literal["estimate"]
+    radius_m: float
+    confidence: float
+    confident: bool
+    note: str | None
+
+
+class EstimateFeatureOut(BaseModel):
+    """GeoJSON Feature of the location estimate (`properties.role` = "estimate")."""
+
+    type: Literal["Feature"]
+    geometry: PointOut
+    properties: EstimatePropertiesOut
 
 
 class LocalizeGeoJsonOut(BaseModel):
@@ -70,12 +117,15 @@ class LocalizeGeoJsonOut(BaseModel):
     header asking for application/geo+json); the request-level fields are foreign members."""
 
     type: Literal["FeatureCollection"]
-    features: list[CandidateFeatureOut]
+    features: list[CandidateFeatureOut | EstimateFeatureOut] = Field(
+        description="the candidates (role candidate), then the estimate (role estimate) when there is one"
+    )
     build_id: int
     kind: Literal["panorama", "photo"]
     k: int
     timings_ms: dict[str, float]
     batch_size: int
+    heat: list[HeatPoint] = Field(default_factory=list, description="as in the JSON answer")
 
 
 class ErrorOut(BaseModel):
@@ -106,6 +156,50 @@ class TileOut(BaseModel):
     gsd_m: float | None
     size_m: float
     image_url: str
+
+
+class OverviewOut(BaseModel):
+    """A build's overview image (its imagery downsampled, in Web Mercator)."""
+
+    url: str = Field(description="the PNG (RGBA; transparent where there is no imagery)")
+    bounds: Bbox = Field(description="[west, south, east, north] of the image's corners, degrees")
+    width: int = Field(description="pixels")
+    height: int = Field(description="pixels")
+
+
+class BuildOut(BaseModel):
+    """The served build (GET /builds/active): what the map page needs to draw it."""
+
+    build_id: int
+    n_tiles: int = Field(description="tiles in the index")
+    bbox: Bbox = Field(description="[west, south, east, north] of all tiles, degrees")
+    overview: OverviewOut | None = Field(description="the basemap; null for a build without one")
+    coverage_url: str = Field(description="GeoJSON Feature of the covered area")
+
+
+class CoveragePropertiesOut(BaseModel):
+    build_id: int
+    n_tiles: int
+    cells: Annotated[
+        tuple[int, int],
+        WithJsonSchema({"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}),
+    ] = Field(description="(rows, cols) of the grid the tiles' bboxes were merged on")
+
+
+class CoverageGeometryOut(BaseModel):
+    """GeoJSON MultiPolygon ([lon, lat] rings, exteriors counterclockwise)."""
+
+    type: Literal["MultiPolygon"]
+    coordinates: list[list[list[Annotated[tuple[float, float], number_array(2)]]]]
+
+
+class CoverageOut(BaseModel):
+    """The area a build covers (GET /builds/{id}/coverage): an RFC 7946 Feature."""
+
+    type: Literal["Feature"]
+    bbox: Bbox
+    geometry: CoverageGeometryOut
+    properties: CoveragePropertiesOut
 
 
 class HealthOut(BaseModel):
@@ -139,24 +233,52 @@ def localize_out(result: LocalizeResult, k: int) -> LocalizeOut:
         candidates=cands,
         timings_ms=result.timings_ms,
         batch_size=result.batch_size,
+        estimate=estimate_out(result.estimate),
+        heat=result.heat,  # type: ignore[arg-type]
     )
 
 
 def localize_geojson(out: LocalizeOut) -> dict[str, Any]:
-    """RFC 7946 FeatureCollection: one Point ([lon, lat]) per candidate, same properties."""
-    features = [
+    """RFC 7946 FeatureCollection: one Point ([lon, lat]) per candidate, same properties and
+    `role` "candidate"; then the estimate as a Point with `role` "estimate" and its radius,
+    confidence, confident and note."""
+    features: list[dict[str, Any]] = [
         {
             "type": "Feature",
             "id": c.tile_id,
             "bbox": list(c.bbox),
             "geometry": {"type": "Point", "coordinates": [c.lon, c.lat]},
-            "properties": c.model_dump(mode="json"),
+            "properties": {**c.model_dump(mode="json"), "role": "candidate"},
         }
         for c in out.candidates
     ]
+    est = out.estimate
+    if est is not None:
+        props = est.model_dump(mode="json", exclude={"lat", "lon"})
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [est.lon, est.lat]},
+                "properties": {"role": "estimate", **props},
+            }
+        )
     # Foreign members (RFC 7946 section 6.1) carry the request-level fields.
-    extra = out.model_dump(mode="json", exclude={"candidates"})
+    extra = out.model_dump(mode="json", exclude={"candidates", "estimate"})
     return {"type": "FeatureCollection", "features": features, **extra}
+
+
+def estimate_out(est: LocationEstimate | None) -> EstimateOut | None:
+    """The JSON form of a location estimate (position rounded to 1e-7 degrees, radius to 0.1 m)."""
+    if est is None:
+        return None
+    return EstimateOut(
+        lat=round(est.lat, 7),
+        lon=round(est.lon, 7),
+        radius_m=round(est.radius_m, 1),
+        confidence=round(est.confidence, 4),
+        confident=est.confident,
+        note=est.note,
+    )
 
 
 def tile_out(tile: TileRecord) -> TileOut:

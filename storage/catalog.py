@@ -77,6 +77,21 @@ def insert_tiles(session: Session, rows: Iterable[dict[str, Any]]) -> list[int]:
     return ids
 
 
+def insert_tile_stream(session: Session, rows: Iterable[dict[str, Any]]) -> int:
+    """Bulk-insert tile rows as `insert_tiles`, consuming `rows` lazily a CHUNK at a time and
+    keeping no id: returns how many were inserted (a build of millions of tiles holds one chunk)."""
+    count = 0
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= CHUNK:
+            count += len(_insert_batch(session, batch))
+            batch = []
+    if batch:
+        count += len(_insert_batch(session, batch))
+    return count
+
+
 def _insert_batch(session: Session, batch: list[dict[str, Any]]) -> list[int]:
     # A Core executemany (a third cheaper per row than the ORM's bulk insert) wants every row
     # with the same keys: pre-cut tiles lack the pixel-window columns that raster tiles have.

@@ -64,6 +64,38 @@ def choose_spec(kind: str, n: int, d: int) -> IndexSpec:
     return IndexSpec("ivfpq", f"IVF{nlist},PQ{m}x{nbits}", nprobe=nprobe, train_size=train)
 
 
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What an index of `spec` for n vectors of d dims takes: bytes per vector x n + fixed bytes
+    (coarse centroids and PQ codebooks), the size `index_bytes` measures once it is built."""
+
+    per_vector: float
+    fixed: int
+    n: int
+
+    @property
+    def total(self) -> int:
+        return int(round(self.per_vector * self.n)) + self.fixed
+
+
+def estimate_memory(spec: IndexSpec, n: int, d: int) -> MemoryEstimate:
+    """The serialized (= loaded) size of the index `spec` would build, before building it.
+
+    flat: d float32 + an int64 id per vector; HNSW: the same plus its links (2M neighbours of
+    4 bytes on level 0, about M more on the upper levels, a level and an offset); IVF-PQ: m codes
+    of nbits + an int64 id per vector, plus nlist centroids and 2^nbits x d codebook floats.
+    """
+    if spec.kind == "flat":
+        return MemoryEstimate(4.0 * d + 8, 0, n)
+    if spec.kind == "hnsw":
+        m = HNSW_M
+        links = 4.0 * (2 * m + m / (m - 1))  # level 0, and M per upper level (1/M of vectors each)
+        return MemoryEstimate(4.0 * d + 8 + links + 4 + 8, 0, n)
+    nlist, pq = spec.factory.removeprefix("IVF").split(",PQ")
+    m, nbits = (int(v) for v in pq.split("x"))
+    return MemoryEstimate(m * nbits / 8 + 8, 4 * d * (int(nlist) + 2**nbits), n)
+
+
 def _pq_subquantizers(d: int) -> int:
     """Sub-quantizers for PQ: 4 dims each (d/4 bytes per vector at 8 bits) when that divides d."""
     for dims in (4, 8, 2, 1):

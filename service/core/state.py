@@ -18,6 +18,7 @@ from model.runtime import compute_single_threaded, reuse_freed_memory, set_searc
 from model.weights import default_weights_path
 from service.catalog import Catalog
 from service.core.config import ServiceSettings
+from service.coverage import Coverage
 from service.localizer import Localizer
 from service.metrics import Metrics
 from service.pipeline import LocalizationService
@@ -38,6 +39,8 @@ class AppState:
     store: SnapshotStore | None = None
     service: LocalizationService | None = None
     watcher: asyncio.Task[None] | None = None
+    # Coverage of builds by id, computed on first request (builds do not change once finished).
+    coverages: dict[int, Coverage] = field(default_factory=dict)
 
 
 def redacted(settings: ServiceSettings) -> dict[str, object]:

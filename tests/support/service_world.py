@@ -29,6 +29,7 @@ from service.core.config import ServiceSettings
 from storage.catalog import activate, insert_tiles
 from storage.db import make_engine, session_scope, upgrade
 from storage.models import Build
+from storage.overview import OverviewSource, write_overview
 
 EPSG = 32633  # UTM 33N: near 45 N, 15 E, so a swapped lat/lon is obvious
 ORIGIN = (500_000.0, 5_000_000.0)  # top-left corner, metres
@@ -130,6 +131,8 @@ class World:
             folder = self.index_dir / f"build-{build.id}"
             build.index_path = str(folder)
             write_index(folder, ids, self._vectors(planted, seed), self.weights_sha256, build.id)
+            # The basemap of the map page, as `cvm-index build` writes it (indexer.overview).
+            write_overview(folder, [OverviewSource(str(self.raster))])
             build_id = build.id
         if activate_it:
             self.activate(build_id)

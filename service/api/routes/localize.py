@@ -8,11 +8,14 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from service.api.deps import LocalizationDep, MetricsDep
+from service.prior import BBOX_PATTERN, MAX_RADIUS_M, NEAR_PATTERN, parse_prior
 from service.schemas import LocalizeGeoJsonOut, LocalizeOut, error_responses, localize_geojson, localize_out
 
 router = APIRouter(tags=["localize"])
 
 GEOJSON = "application/geo+json"
+# Most tiles `?heat=N` answers (2,000 points are about 60 KB of JSON).
+HEAT_MAX = 2000
 # The formats `service.imaging` accepts, as the media types of the multipart part `image`.
 IMAGE_TYPES = "image/jpeg, image/png, image/webp"
 ERRORS = error_responses(
@@ -23,7 +26,9 @@ ERRORS = error_responses(
         "CVM_MAX_IMAGE_PIXELS pixels",
         415: "not a JPEG, PNG or WebP image",
         422: "undecodable (e.g. truncated) image, a side under 16 px or a long side over 16 times "
-        "the short one, missing or non-file `image` field, query parameter out of range",
+        "the short one, missing or non-file `image` field, query parameter out of range, bad search "
+        "prior (near/radius_m/bbox malformed or out of range, inverted bbox, near with bbox, no tile "
+        "of the build inside)",
         503: "model or index not loaded",
     }
 )
@@ -75,9 +80,41 @@ async def localize(
         Query(description="input kind; default: panorama when width / height >= 3, else photo"),
     ] = None,
     format: Annotated[Literal["json", "geojson"] | None, Query(description="answer format")] = None,
+    heat: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=HEAT_MAX,
+            description="also answer the N best tiles of the same search as [lon, lat, score] (`heat`), "
+            "for a score heat map; 0: none",
+        ),
+    ] = 0,
+    near: Annotated[
+        str | None,
+        Query(
+            pattern=NEAR_PATTERN,
+            json_schema_extra={"format": "lat,lon"},
+            description="search prior: `LAT,LON` (degrees, WGS84); only tiles whose centre lies within "
+            "`radius_m` of it are ranked. Not with `bbox`",
+        ),
+    ] = None,
+    radius_m: Annotated[
+        float | None,
+        Query(gt=0, le=MAX_RADIUS_M, description="radius of the `near` prior in metres (required with it)"),
+    ] = None,
+    bbox: Annotated[
+        str | None,
+        Query(
+            pattern=BBOX_PATTERN,
+            json_schema_extra={"format": "w,s,e,n"},
+            description="search prior: `W,S,E,N` (degrees, west < east, south < north); only tiles whose "
+            "centre lies inside are ranked. Not with `near`",
+        ),
+    ] = None,
 ) -> Any:
+    prior = parse_prior(near, radius_m, bbox)  # BadPrior: 422 before the upload is read
     data = await image.read()
-    result = await service.localize(data, k, kind)
+    result = await service.localize(data, k, kind, heat, prior=prior)
     metrics.observe_localize(result.timings_ms, result.batch_size)
     out = localize_out(result, k)
     if wants_geojson(request, format):

@@ -1,4 +1,4 @@
-"""GET /: the map page (static HTML/JS/CSS bundled in service/static, no CDN)."""
+"""GET /: the map page, and GET /favicon.ico (static files bundled in service/static, no CDN)."""
 
 from __future__ import annotations
 
@@ -15,3 +15,8 @@ router = APIRouter(include_in_schema=False)
 @router.get("/")
 async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/x-icon")

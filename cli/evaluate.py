@@ -93,7 +93,9 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if is_protocol_dataset(dataset):
         if args.baseline and isinstance(dataset, VigorDataset):
             raise ValueError("--baseline needs paired data (CVUSA layout, CVACT); VIGOR ranks a gallery")
-        protocol = evaluate_protocol(loaded.model, dataset, args.batch_size, args.workers, args.device)
+        protocol = evaluate_protocol(
+            loaded.model, dataset, batch_size=args.batch_size, workers=args.workers, device=args.device
+        )
     elif args.split == "test":
         raise ValueError("--split test exists for CVACT and VIGOR folders only")
     headings = args.headings

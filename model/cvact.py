@@ -23,12 +23,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from model.config import Preprocessing
-from model.data import DatasetError, PairDataset, PairRecord
+from model.data import DatasetError, PairDataset, PairOptions, PairRecord
 from model.transforms import SizeFor, input_size, load_image_rgb
 
 ACT_DATA_FILE = "ACT_data.mat"
@@ -190,11 +190,7 @@ class CVACTDataset(PairDataset):
         root: str | Path,
         split: str = "val",
         prep: Preprocessing | None = None,
-        augment: bool = False,
-        photo_fraction: float = 0.0,
-        seed: int = 0,
-        aligned: bool = False,
-        photo_placement: str = "column0",
+        **options: Unpack[PairOptions],
     ) -> None:
         if prep is None:
             raise ValueError("CVACTDataset needs the model's Preprocessing (prep=...)")
@@ -216,7 +212,7 @@ class CVACTDataset(PairDataset):
             for i in rows
         ]
         position = {id(r): k for k, r in enumerate(records)}
-        super().__init__(records, prep, augment, photo_fraction, seed, aligned, photo_placement)
+        super().__init__(records, prep, **options)
         self.split = split
         self.utm = meta.utm[rows][[position[id(r)] for r in self.records]]
 

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import cv2
 import numpy as np
@@ -146,6 +147,17 @@ def set_epoch(dataset: Dataset, epoch: int) -> None:
             set_epoch(d, epoch)
     elif isinstance(dataset, Subset):
         set_epoch(dataset.dataset, epoch)
+
+
+class PairOptions(TypedDict, total=False):
+    """The keyword options of `PairDataset` (augmentation, photo crops, seed) that its subclasses
+    pass on unchanged; an option left out takes `PairDataset`'s default."""
+
+    augment: bool
+    photo_fraction: float
+    seed: int
+    aligned: bool
+    photo_placement: str
 
 
 class PairDataset(Dataset):

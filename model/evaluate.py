@@ -7,12 +7,15 @@ the model's previous train/eval mode is restored afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from model.config import Preprocessing
 from model.cvm_net import CVMNet
@@ -39,6 +42,42 @@ class Embeddings:
     sat: np.ndarray
     index: np.ndarray
     skipped: int
+
+
+class EmbedOptions(TypedDict, total=False):
+    """How descriptors are computed (`embed_pairs`): images per batch, DataLoader worker processes
+    and the torch device; an option left out takes the embedding function's default."""
+
+    batch_size: int
+    workers: int
+    device: str | torch.device
+
+
+@contextmanager
+def eval_mode(net: torch.nn.Module) -> Iterator[None]:
+    """`net` in eval mode for the block; its previous train/eval mode is restored afterwards."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
+
+
+def eval_loader(
+    dataset: Dataset, batch_size: int, workers: int, collate_fn: Callable[[list[Any]], Any]
+) -> DataLoader:
+    """A loader of `dataset` in order, batched by `collate_fn`."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        # A private generator: creating this loader must not consume the global torch RNG,
+        # which the training loop's dropout depends on.
+        generator=torch.Generator(),
+    )
 
 
 def resolve_data_root(data: str | Path) -> tuple[Path, Path | None]:
@@ -100,20 +139,9 @@ def embed_pairs(
     """
     if headings < 1:
         raise ValueError(f"headings must be >= 1, got {headings}")
-    was_training = net.training
-    net.eval()
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_pairs,
-        # A private generator: creating this loader must not consume the global torch RNG,
-        # which the training loop's dropout depends on.
-        generator=torch.Generator(),
-    )
+    loader = eval_loader(dataset, batch_size, workers, collate_pairs)
     grd, sat, index, skipped = [], [], [], 0
-    try:
+    with eval_mode(net):
         for batch in loader:
             skipped += report_failures(batch.failures)
             if len(batch) == 0:
@@ -124,8 +152,6 @@ def embed_pairs(
             grd.append(g.reshape(headings, len(batch), -1))
             sat.append(net.describe_satellite(batch.sat.to(device)).float().cpu().numpy())
             index.append(batch.index.numpy())
-    finally:
-        net.train(was_training)
     if not index:
         raise DatasetError(f"no readable pairs to evaluate ({skipped} skipped)")
     g_all = np.concatenate(grd, axis=1)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 from model.config import Preprocessing
 from model.cvact import CVACTDataset, is_cvact_root
-from model.data import DatasetError, PairDataset
+from model.data import DatasetError, PairDataset, PairOptions
 from model.vigor import VigorDataset, is_vigor_root, parse_data_spec
 
 
 def open_protocol_dataset(
-    data: str | Path, split: str, prep: Preprocessing, **options: object
+    data: str | Path, split: str, prep: Preprocessing, **options: Unpack[PairOptions]
 ) -> PairDataset | None:
     """The CVACT or VIGOR dataset that `data` names, or None for any other folder.
 
@@ -23,9 +24,9 @@ def open_protocol_dataset(
     if is_cvact_root(path):
         if protocol is not None:
             raise DatasetError(f"@{protocol} applies to VIGOR folders; {path} is a CVACT folder")
-        return CVACTDataset(path, split, prep, **options)  # type: ignore[arg-type]
+        return CVACTDataset(path, split, prep, **options)
     if is_vigor_root(path):
-        return VigorDataset(path, split, protocol or "same-area", prep, **options)  # type: ignore[arg-type]
+        return VigorDataset(path, split, protocol or "same-area", prep, **options)
     if protocol is not None:
         raise DatasetError(f"@{protocol} applies to VIGOR folders; {path} is not one (splits/<City>/)")
     return None

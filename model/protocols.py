@@ -17,17 +17,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from model.config import Preprocessing
 from model.cvact import GEO_RECALL_RADIUS_M, CVACTDataset, neighbours_within
 from model.cvm_net import CVMNet
 from model.data import DatasetError, PairDataset, SampleFailure, report_failures
+from model.evaluate import EmbedOptions, embed_pairs, eval_loader, eval_mode
 from model.metrics import (
     MetreErrors,
     RetrievalMetrics,
@@ -164,18 +165,9 @@ def embed_images(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(descriptors (k, d), index (k,) into `paths`, failures) of the readable images; `kind`
     is "ground" (panoramas) or "tile". Unreadable files are reported by name and skipped."""
-    was_training = net.training
-    net.eval()
-    loader = DataLoader(
-        _Images(paths, prep, kind),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        generator=torch.Generator(),
-    )
+    loader = eval_loader(_Images(paths, prep, kind), batch_size, workers, _collate)
     out, index, failed = [], [], 0
-    try:
+    with eval_mode(net):
         for x, idx, failures in loader:
             failed += report_failures(failures)
             if x is None:
@@ -184,30 +176,20 @@ def embed_images(
             d = net.describe_satellite(x) if kind == "tile" else net.describe_ground(x)
             out.append(d.float().cpu().numpy())
             index.append(idx)
-    finally:
-        net.train(was_training)
     if not out:
         raise DatasetError(f"no readable {kind} images ({failed} unreadable)")
     return np.concatenate(out), np.concatenate(index), failed
 
 
-def evaluate_vigor(
-    net: CVMNet,
-    dataset: VigorDataset,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-) -> ProtocolReport:
+def evaluate_vigor(net: CVMNet, dataset: VigorDataset, **options: Unpack[EmbedOptions]) -> ProtocolReport:
     """VIGOR figures of `net` on `dataset` (see the module docstring)."""
     prep = dataset.prep
     sat, tile_idx, _ = embed_images(
-        net, dataset.gallery_paths, prep, "tile", batch_size, workers, device
+        net, dataset.gallery_paths, prep, "tile", **options
     )  # missing gallery tiles fail here, by name
     remap = np.full(len(dataset.gallery_paths), -1, dtype=np.int64)
     remap[tile_idx] = np.arange(len(tile_idx))
-    grd, q_idx, _ = embed_images(
-        net, [r.grd for r in dataset.records], prep, "ground", batch_size, workers, device
-    )
+    grd, q_idx, _ = embed_images(net, [r.grd for r in dataset.records], prep, "ground", **options)
     positive = remap[dataset.positive[q_idx]]
     usable = positive >= 0
     semi = dataset.semi_positive[q_idx]
@@ -229,17 +211,9 @@ def evaluate_vigor(
     return report
 
 
-def evaluate_cvact(
-    net: CVMNet,
-    dataset: CVACTDataset,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-) -> ProtocolReport:
+def evaluate_cvact(net: CVMNet, dataset: CVACTDataset, **options: Unpack[EmbedOptions]) -> ProtocolReport:
     """CVACT figures of `net` on `dataset` (see the module docstring)."""
-    from model.evaluate import embed_pairs
-
-    emb = embed_pairs(net, dataset, batch_size, workers, device)
+    emb = embed_pairs(net, dataset, **options)
     report = cvact_figures(emb.grd, emb.sat, dataset.utm[emb.index], dataset.split)
     report.skipped_queries = emb.skipped
     report.missing = [str(p) for p in dataset.missing]
@@ -251,18 +225,12 @@ def is_protocol_dataset(dataset: PairDataset) -> bool:
     return isinstance(dataset, CVACTDataset | VigorDataset)
 
 
-def evaluate_protocol(
-    net: CVMNet,
-    dataset: PairDataset,
-    batch_size: int = 64,
-    workers: int = 0,
-    device: str | torch.device = "cpu",
-) -> ProtocolReport:
+def evaluate_protocol(net: CVMNet, dataset: PairDataset, **options: Unpack[EmbedOptions]) -> ProtocolReport:
     """The protocol figures of a CVACT or VIGOR dataset."""
     if isinstance(dataset, VigorDataset):
-        return evaluate_vigor(net, dataset, batch_size, workers, device)
+        return evaluate_vigor(net, dataset, **options)
     if isinstance(dataset, CVACTDataset):
-        return evaluate_cvact(net, dataset, batch_size, workers, device)
+        return evaluate_cvact(net, dataset, **options)
     raise DatasetError(f"{type(dataset).__name__} has no protocol of its own (CVACT and VIGOR do)")
 
 

@@ -29,11 +29,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 
 from model.config import Preprocessing
-from model.data import DatasetError, PairDataset, PairRecord
+from model.data import DatasetError, PairDataset, PairOptions, PairRecord
 
 PROTOCOLS = ("same-area", "cross-area")
 ALL_CITIES = ("NewYork", "Seattle", "SanFrancisco", "Chicago")
@@ -195,12 +196,8 @@ class VigorDataset(PairDataset):
         split: str = "test",
         protocol: str = "same-area",
         prep: Preprocessing | None = None,
-        augment: bool = False,
-        photo_fraction: float = 0.0,
-        seed: int = 0,
-        aligned: bool = False,
-        photo_placement: str = "column0",
         cities: Sequence[str] | None = None,
+        **options: Unpack[PairOptions],
     ) -> None:
         if prep is None:
             raise ValueError("VigorDataset needs the model's Preprocessing (prep=...)")
@@ -242,7 +239,7 @@ class VigorDataset(PairDataset):
             for lab, pano in zip(labels, panos, strict=True)
         ]
         position = {id(r): k for k, r in enumerate(records)}
-        super().__init__(records, prep, augment, photo_fraction, seed, aligned, photo_placement)
+        super().__init__(records, prep, **options)
         kept = [labels[position[id(r)]] for r in self.records]
         self.labels = kept
         self.positive = np.array([lab.tiles[0] for lab in kept], dtype=np.int64)

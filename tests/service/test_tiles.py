@@ -108,3 +108,12 @@ def test_ids_beyond_64_bits_are_a_clear_422(client: TestClient, path: str, tile_
 def test_largest_64_bit_id_is_a_404(client: TestClient) -> None:
     resp = client.get(f"/tiles/{2**63 - 1}")
     assert resp.status_code == 404 and "no tile with id" in resp.json()["detail"]
+
+
+@pytest.mark.parametrize("raw", ["9%C2%85", "%D9%A3", "+5", "%205"])
+def test_ids_that_are_not_ascii_digits_are_a_422(client: TestClient, raw: str) -> None:
+    # Python's int() reads "9\x85" as 9 and "٣" as 3: such ids must not reach a tile.
+    for path in (f"/tiles/{raw}", f"/tiles/{raw}/image"):
+        resp = client.get(path)
+        assert resp.status_code == 422, (path, resp.text)
+        assert "0-9" in resp.json()["detail"]

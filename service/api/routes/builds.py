@@ -13,6 +13,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
 from service.api.deps import CatalogDep, StateDep
+from service.api.params import ASCII_ID
 from service.catalog import Catalog
 from service.core.state import AppState
 from service.coverage import Coverage, coverage_of
@@ -25,7 +26,7 @@ router = APIRouter(prefix="/builds", tags=["builds"])
 
 # Build ids are 32-bit integers in the catalogue.
 BUILD_ID_MAX = 2**31 - 1
-BuildId = Annotated[int, PathParam(ge=0, le=BUILD_ID_MAX, description="build id")]
+BuildId = Annotated[int, PathParam(ge=0, le=BUILD_ID_MAX, description="build id"), ASCII_ID]
 # Reading every tile's bbox of a large build that is not served takes longer than a tile lookup.
 BOUNDS_TIMEOUT_S = 60.0
 COVERAGE_CACHE = 16

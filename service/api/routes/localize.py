@@ -39,6 +39,15 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     **ERRORS,
 }
+# The search prior's query parameters (`service.prior`).
+NEAR_DOC = (
+    "search prior: `LAT,LON` (degrees, WGS84); only tiles whose centre lies within "
+    "`radius_m` of it are ranked. Not with `bbox`"
+)
+BBOX_DOC = (
+    "search prior: `W,S,E,N` (degrees, west < east, south < north); only tiles whose "
+    "centre lies inside are ranked. Not with `near`"
+)
 # The multipart part `image` is a file of one of the accepted image types (OpenAPI `encoding`).
 REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
@@ -47,6 +56,11 @@ REQUEST_BODY: dict[str, Any] = {
         "content": {"multipart/form-data": {"encoding": {"image": {"contentType": IMAGE_TYPES}}}},
     }
 }
+
+
+def prior_query(pattern: str, fmt: str, description: str) -> Any:
+    """The query parameter of a textual search prior: matching `pattern`, documented as `fmt`."""
+    return Query(pattern=pattern, json_schema_extra={"format": fmt}, description=description)
 
 
 def wants_geojson(request: Request, fmt: str | None) -> bool:
@@ -89,28 +103,12 @@ async def localize(
             "for a score heat map; 0: none",
         ),
     ] = 0,
-    near: Annotated[
-        str | None,
-        Query(
-            pattern=NEAR_PATTERN,
-            json_schema_extra={"format": "lat,lon"},
-            description="search prior: `LAT,LON` (degrees, WGS84); only tiles whose centre lies within "
-            "`radius_m` of it are ranked. Not with `bbox`",
-        ),
-    ] = None,
+    near: Annotated[str | None, prior_query(NEAR_PATTERN, "lat,lon", NEAR_DOC)] = None,
     radius_m: Annotated[
         float | None,
         Query(gt=0, le=MAX_RADIUS_M, description="radius of the `near` prior in metres (required with it)"),
     ] = None,
-    bbox: Annotated[
-        str | None,
-        Query(
-            pattern=BBOX_PATTERN,
-            json_schema_extra={"format": "w,s,e,n"},
-            description="search prior: `W,S,E,N` (degrees, west < east, south < north); only tiles whose "
-            "centre lies inside are ranked. Not with `near`",
-        ),
-    ] = None,
+    bbox: Annotated[str | None, prior_query(BBOX_PATTERN, "w,s,e,n", BBOX_DOC)] = None,
 ) -> Any:
     prior = parse_prior(near, radius_m, bbox)  # BadPrior: 422 before the upload is read
     data = await image.read()

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from service.api.deps import CatalogDep, SettingsDep
+from service.api.params import ASCII_ID
 from service.catalog import Catalog, TileRecord
 from service.errors import TileNotFound
 from service.schemas import TileOut, error_responses, tile_out
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/tiles", tags=["tiles"])
 
 # Ids are 64-bit signed in the catalogue and in FAISS; a larger number names no tile.
 TILE_ID_MAX = 2**63 - 1
-TileId = Annotated[int, Path(ge=0, le=TILE_ID_MAX, description="tile id (= its FAISS id)")]
+TileId = Annotated[int, Path(ge=0, le=TILE_ID_MAX, description="tile id (= its FAISS id)"), ASCII_ID]
 ERRORS = error_responses(
     {
         404: "no such tile, or its source is gone",

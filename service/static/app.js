@@ -12,6 +12,7 @@ const COVERAGE_STYLE = { color: "#00e5ff", weight: 2, opacity: 1, fill: false, i
 const FOOTPRINT_STYLE = { color: "#ffb000", weight: 2, opacity: 1, fill: false };
 const SELECTED_STYLE = { color: "#1f6feb", weight: 4 };
 const ESTIMATE_STYLE = { color: "#d6007a", weight: 3, opacity: 1, dashArray: "8 6", fill: false };
+const PRIOR_STYLE = { color: "#00c800", weight: 3, opacity: 1, fill: false, interactive: false };
 const MARKER_PX = 24; // diameter of a candidate marker; centres closer than this are spread out
 const M_PER_DEG_LAT = 110540;
 const M_PER_DEG_LON = 111320;
@@ -59,6 +60,7 @@ const layers = {
   heat: L.layerGroup().addTo(map),
   footprints: L.layerGroup().addTo(map),
   estimate: L.layerGroup().addTo(map),
+  prior: L.layerGroup().addTo(map),
   markers: L.layerGroup().addTo(map),
 };
 L.control.layers(null, {
@@ -66,6 +68,7 @@ L.control.layers(null, {
   coverage: layers.coverage,
   "score heat map": layers.heat,
   "location estimate": layers.estimate,
+  "search prior": layers.prior,
   candidates: layers.markers,
 }, { position: "topright" }).addTo(map);
 window.cvmLayers = layers;
@@ -362,7 +365,23 @@ function drawEstimate(estimate) {
 
 // --- a query -------------------------------------------------------------------------------------
 
+// The search prior of the last query (`near` + `radius_m`): only tiles inside it were searched.
+function drawPrior(prior) {
+  layers.prior.clearLayers();
+  if (prior) L.circle([prior.lat, prior.lon], { ...PRIOR_STYLE, radius: prior.radius }).addTo(layers.prior);
+}
+
+// `near` ("LAT,LON") and `radius` (m) from the form, or null when either is empty.
+function priorOfForm() {
+  const near = $("near").value.trim();
+  const radius = $("radius").value.trim();
+  if (!near || !radius) return null;
+  const [lat, lon] = near.split(",").map(Number);
+  return { near, lat, lon, radius: Number(radius) };
+}
+
 function clearResults() {
+  drawPrior(null);
   $("candidates").replaceChildren();
   $("timings").textContent = "";
   drawEstimate(null);
@@ -390,6 +409,11 @@ async function localize(file) {
   form.append("image", file, file.name);
   const params = new URLSearchParams({ k: $("k").value || "5", heat: $("heat").value || "0" });
   if ($("kind").value) params.set("kind", $("kind").value);
+  const prior = priorOfForm();
+  if (prior) {
+    params.set("near", prior.near);
+    params.set("radius_m", String(prior.radius));
+  }
   let resp, body;
   try {
     resp = await apiFetch(`/localize?${params}`, { method: "POST", body: form });
@@ -416,6 +440,7 @@ async function localize(file) {
   drawHeat(body.heat, body.candidates);
   drawCandidates(body.candidates);
   drawEstimate(body.estimate);
+  drawPrior(prior);
   document.body.dataset.answered = String(Number(document.body.dataset.answered || 0) + 1);
   if (body.candidates.length) selectTile(body.candidates[0].tile_id);
 }

@@ -373,3 +373,37 @@ def test_page_asks_once_for_the_api_key_and_then_draws_everything(world: World, 
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+PRIOR = (0, 200, 0)
+
+
+def test_page_sends_the_search_prior_and_draws_it(
+    server_url: str, world: World, browser: Any, tmp_path: Path
+) -> None:
+    photo = tmp_path / "pano.png"
+    photo.write_bytes(panorama_bytes())
+    page = open_page(browser, server_url)
+    centre = world.tiles[5]
+    page.fill("#heat", "0")
+    page.fill("#near", f"{centre.lat},{centre.lon}")
+    page.fill("#radius", "10")
+    with page.expect_request(lambda r: "/localize" in r.url) as sent:
+        answer = upload(page, photo)
+    assert "near=" in sent.value.url and "radius_m=10" in sent.value.url
+    kx = 111320 * np.cos(np.radians(centre.lat))
+    for c in answer["candidates"]:  # only tiles inside the prior were searched
+        assert np.hypot((c["lat"] - centre.lat) * 110540, (c["lon"] - centre.lon) * kx) <= 10.5
+    image = map_pixels(page)
+    hits = 0
+    for a in np.radians(np.arange(0, 360, 10)):
+        lat = centre.lat + 10.0 * np.sin(a) / 110540
+        lon = centre.lon + 10.0 * np.cos(a) / kx
+        hits += near(image, *container_point(page, lat, lon), PRIOR, radius=3, tol=45)
+    assert hits >= 24, hits
+    # Without a prior, no prior circle.
+    page.fill("#near", "")
+    upload(page, photo)
+    image = map_pixels(page)
+    assert not (np.abs(image - np.asarray(PRIOR)).max(axis=2) <= 30).any()
+    assert page.errors == []

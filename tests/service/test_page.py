@@ -154,6 +154,16 @@ def upload(page: Any, path: Path) -> dict[str, Any]:
     return body
 
 
+def circle_hits(page: Any, image: np.ndarray, lat: float, lon: float, radius_m: float, colour: Pixel) -> int:
+    """How many of 36 points on the circle of `radius_m` around (lat, lon) show about `colour`."""
+    kx = 111320 * np.cos(np.radians(lat))
+    hits = 0
+    for a in np.radians(np.arange(0, 360, 10)):
+        point = (lat + radius_m * np.sin(a) / 110540, lon + radius_m * np.cos(a) / kx)
+        hits += near(image, *container_point(page, *point), colour, radius=3, tol=45)
+    return hits
+
+
 def tile_at(world: World, lon: float, lat: float) -> Any:
     return min(world.tiles, key=lambda t: (t.lon - lon) ** 2 + (t.lat - lat) ** 2)
 
@@ -304,12 +314,7 @@ def test_page_draws_the_estimate_or_says_no_confident_match(
     assert "83 %" in text and "\u00b1 10 m" in text and "3 tiles agree" in text
     image = map_pixels(page)
     # The uncertainty circle: its dashed stroke crosses most of 36 points around the estimate.
-    kx = 111320 * np.cos(np.radians(centre.lat))
-    hits = 0
-    for a in np.radians(np.arange(0, 360, 10)):
-        lat = centre.lat + 10.0 * np.sin(a) / 110540
-        lon = centre.lon + 10.0 * np.cos(a) / kx
-        hits += near(image, *container_point(page, lat, lon), ESTIMATE, radius=3, tol=45)
+    hits = circle_hits(page, image, centre.lat, centre.lon, 10.0, ESTIMATE)
     assert hits >= 18, hits
 
     page.unroute("**/localize?*")
@@ -395,11 +400,7 @@ def test_page_sends_the_search_prior_and_draws_it(
     for c in answer["candidates"]:  # only tiles inside the prior were searched
         assert np.hypot((c["lat"] - centre.lat) * 110540, (c["lon"] - centre.lon) * kx) <= 10.5
     image = map_pixels(page)
-    hits = 0
-    for a in np.radians(np.arange(0, 360, 10)):
-        lat = centre.lat + 10.0 * np.sin(a) / 110540
-        lon = centre.lon + 10.0 * np.cos(a) / kx
-        hits += near(image, *container_point(page, lat, lon), PRIOR, radius=3, tol=45)
+    hits = circle_hits(page, image, centre.lat, centre.lon, 10.0, PRIOR)
     assert hits >= 24, hits
     # Without a prior, no prior circle.
     page.fill("#near", "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import torch
@@ -19,6 +19,9 @@ from model.runtime import frozen_heap
 from storage import catalog
 from storage.db import make_engine, session_scope, upgrade
 from storage.settings import Settings
+
+if TYPE_CHECKING:
+    from indexer.dryrun import DryRunReport
 
 EXIT_OK, EXIT_FAILED, EXIT_NOTHING, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -97,7 +100,7 @@ def run_build(
         engine.dispose()
 
 
-def run_dry(opts: stages.BuildOptions, settings: Settings, weights: Path | None, device: str) -> Any:
+def run_dry(opts: stages.BuildOptions, settings: Settings, weights: Path | None, device: str) -> DryRunReport:
     """`cvm-index build --dry-run`: count and estimate (indexer.dryrun); opens no database and
     writes no file or folder."""
     from indexer.dryrun import dry_run

@@ -81,22 +81,12 @@ def decode_open_image(im: Image.Image, fit: SizeFor | None = None, name: str = "
         if fit is not None:
             reduce_jpeg_decode(im, fit)
         im.load()  # full decode: a truncated file fails here
-        _apply_exif_orientation(im)
+        ImageOps.exif_transpose(im, in_place=True)  # no copy; nothing when upright
         return _to_rgb_uint8(im)
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"{name}: image too large ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageLoadError(f"cannot decode image {name}: {exc}") from exc
-
-
-def _apply_exif_orientation(im: Image.Image) -> None:
-    """Turn a loaded image as its EXIF orientation says it is displayed, in place.
-
-    The same lookup and transpose as `ImageOps.exif_transpose`, without its copy of an image that
-    needs no turning.
-    """
-    if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-        ImageOps.exif_transpose(im, in_place=True)
 
 
 def reduce_jpeg_decode(im: Image.Image, fit: SizeFor) -> None:

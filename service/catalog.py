@@ -117,6 +117,8 @@ def _reachable() -> Iterator[None]:
 # How long a request waits for the database before answering 503: a hung database server (one
 # that accepts connections but never answers) must not hang /readyz or /tiles with it.
 DB_TIMEOUT_S = 2.0
+# Build statuses whose tiles and index files are final.
+FINISHED = ("complete", "partial")
 
 T = TypeVar("T")
 
@@ -160,7 +162,7 @@ class Catalog:
         stmt = (
             select(Build)
             .where(
-                Build.status.in_(("complete", "partial")),
+                Build.status.in_(FINISHED),
                 Build.index_path.is_not(None),
                 Build.weights_sha256 == weights_sha256,
             )

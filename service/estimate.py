@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-EARTH_RADIUS_M = 6_371_008.8  # mean radius: rough sizes (bbox extents) only
+from model.metrics import EARTH_RADIUS_M  # mean radius: rough sizes (bbox extents) only
+
 WGS84_A, WGS84_E2 = 6_378_137.0, 6.69437999014e-3  # semi-major axis, first eccentricity squared
 FEATURES = ("mass", "second", "z_top", "members")
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.metrics import EARTH_RADIUS_M, haversine_m
 from service.errors import BadPrior
 
-EARTH_RADIUS_M = 6_371_008.8
 # Half the Earth's circumference: a circle this wide already holds every point of the globe.
 MAX_RADIUS_M = math.pi * EARTH_RADIUS_M
 # What the two parameters look like (a number, a comma, a number...); ranges are checked after.
@@ -51,10 +51,7 @@ class Prior:
 
 def great_circle_m(lat: float, lon: float, lats: np.ndarray, lons: np.ndarray) -> np.ndarray:
     """Haversine distance in metres from (lat, lon) to each point (degrees)."""
-    p1, p2 = math.radians(lat), np.radians(lats)
-    dp, dl = p2 - p1, np.radians(lons - lon)
-    h = np.sin(dp / 2) ** 2 + math.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return np.asarray(2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0))))
+    return np.asarray(haversine_m(np.asarray(lat, float), np.asarray(lon, float), lats, lons))
 
 
 def parse_prior(near: str | None, radius_m: float | None, bbox: str | None) -> Prior | None:

@@ -65,31 +65,25 @@ def count_tiles(session: Session, build_id: int) -> int:
 
 def insert_tiles(session: Session, rows: Iterable[dict[str, Any]]) -> list[int]:
     """Bulk-insert tile rows (dicts of Tile columns, without id); ids returned in input order."""
-    ids: list[int] = []
-    batch: list[dict[str, Any]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= CHUNK:
-            ids.extend(_insert_batch(session, batch))
-            batch = []
-    if batch:
-        ids.extend(_insert_batch(session, batch))
-    return ids
+    return [i for ids in _insert_chunks(session, rows) for i in ids]
 
 
 def insert_tile_stream(session: Session, rows: Iterable[dict[str, Any]]) -> int:
     """Bulk-insert tile rows as `insert_tiles`, consuming `rows` lazily a CHUNK at a time and
     keeping no id: returns how many were inserted (a build of millions of tiles holds one chunk)."""
-    count = 0
+    return sum(len(ids) for ids in _insert_chunks(session, rows))
+
+
+def _insert_chunks(session: Session, rows: Iterable[dict[str, Any]]) -> Iterator[list[int]]:
+    """Insert `rows` CHUNK at a time, yielding each chunk's ids in input order."""
     batch: list[dict[str, Any]] = []
     for row in rows:
         batch.append(row)
         if len(batch) >= CHUNK:
-            count += len(_insert_batch(session, batch))
+            yield _insert_batch(session, batch)
             batch = []
     if batch:
-        count += len(_insert_batch(session, batch))
-    return count
+        yield _insert_batch(session, batch)
 
 
 def _insert_batch(session: Session, batch: list[dict[str, Any]]) -> list[int]:

@@ -8,7 +8,6 @@ reconstructed by id (`cvm-index verify`); IVF-PQ takes ids natively. `index_meta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -21,6 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from model.checkpoint import file_sha256
 from storage.errors import IndexMismatch
 
 log = logging.getLogger(__name__)
@@ -219,15 +219,6 @@ def read_index(build_dir: Path) -> tuple[Any, dict[str, Any]]:
     if bad is not None:
         raise IndexMismatch(f"{index_path}: {bad} holds a value that is not finite (NaN or infinity)")
     return index, meta
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def first_non_finite(index: Any) -> str | None:

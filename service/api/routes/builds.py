@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from service.api.deps import CatalogDep, StateDep
 from service.api.params import ASCII_ID
-from service.catalog import Catalog
+from service.catalog import FINISHED, Catalog
 from service.core.state import AppState
 from service.coverage import Coverage, coverage_of
 from service.errors import NotReady, OverviewMissing, UnknownBuild
@@ -30,7 +30,6 @@ BuildId = Annotated[int, PathParam(ge=0, le=BUILD_ID_MAX, description="build id"
 # Reading every tile's bbox of a large build that is not served takes longer than a tile lookup.
 BOUNDS_TIMEOUT_S = 60.0
 COVERAGE_CACHE = 16
-FINISHED = ("complete", "partial")
 NO_OVERVIEW = "has no overview (built before overviews were made, or of pre-cut tiles only)"
 ERRORS = error_responses(
     {

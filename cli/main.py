@@ -20,6 +20,7 @@ from cli import (
     eval_service,
     evaluate,
     export_weights,
+    gallery,
     import_tf,
     localize,
     serve,
@@ -43,6 +44,7 @@ COMMANDS: dict[str, ModuleType] = {
     "center-weights": center_weights,
     "import-tf": import_tf,
     "embed": embed,
+    "gallery": gallery,
 }
 
 

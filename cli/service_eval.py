@@ -5,7 +5,9 @@ Each world's orthophoto is indexed as `cvm-index build` does it (the indexer's d
 from the weights, stride half a tile) into a catalogue of its own, and its ground images (the
 panoramas and the perspective photos listed in `ground.csv`) are answered by
 `service.pipeline.localize_once`, the code of `POST /localize`. Errors are geodesic distances
-(WGS84, pyproj) from the true position in `ground.csv`.
+(WGS84, pyproj) from the true position in `ground.csv`. Each record also keeps the query's
+familiarity features (`service.familiarity`), from which `cvm calibrate` fits the familiarity
+models and with which `re_estimate` judges them.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ class Record:
     radius_m: float = math.nan
     features: list[float] = field(default_factory=list)
     confidence: float = math.nan
+    # The query's familiarity features, one row per input (empty in records saved before them).
+    query_features: list[list[float]] = field(default_factory=list)
+    unfamiliar: bool = False  # the calibration's familiarity model rejected the query
+    familiarity: float | None = None  # its score (None: not judged)
+
+    def query_feature_array(self) -> np.ndarray | None:
+        return np.asarray(self.query_features, float) if self.query_features else None
 
     @property
     def est_error_m(self) -> float:
@@ -164,11 +173,13 @@ def answer_world(
                 cand_north=[t.north for t in tiles],
                 scores=[c.score for c in result.candidates],
                 grid_m=snapshot.grid_m,
+                query_features=_rows(result.query_features),
             )
             if result.estimate is not None:
                 est = result.estimate
                 rec.est_lat, rec.est_lon, rec.radius_m = est.lat, est.lon, est.radius_m
                 rec.features, rec.confidence = est.raw.feature_vector(), est.confidence
+                rec.unfamiliar, rec.familiarity = est.reason is not None, est.familiarity
             records.append(rec)
         print(f"{world.name}: {len(rows)} {kind} queries over {snapshot.ntotal} tiles", file=log)
     return records
@@ -185,7 +196,7 @@ def re_estimate(records: Iterable[Record], calibration: Calibration | None) -> l
                 zip(r.cand_lat, r.cand_lon, r.cand_south, r.cand_north, strict=True)
             )
         ]
-        est = locate(tiles, r.scores, r.kind, r.grid_m, calibration)
+        est = locate(tiles, r.scores, r.kind, r.grid_m, calibration, r.query_feature_array())
         if est is None:
             out.append(r)
             continue
@@ -197,9 +208,18 @@ def re_estimate(records: Iterable[Record], calibration: Calibration | None) -> l
                 radius_m=est.radius_m,
                 features=est.raw.feature_vector(),
                 confidence=est.confidence,
+                unfamiliar=est.reason is not None,
+                familiarity=est.familiarity,
             )
         )
     return out
+
+
+def _rows(features: np.ndarray | None) -> list[list[float]]:
+    """JSON-friendly rows, 7 significant digits (float32 precision is all they had)."""
+    if features is None:
+        return []
+    return [[float(f"{v:.7g}") for v in row] for row in np.asarray(features, float)]
 
 
 def summarize(records: Sequence[Record], bins: int = 10) -> dict[str, Any]:
@@ -223,6 +243,8 @@ def summarize(records: Sequence[Record], bins: int = 10) -> dict[str, Any]:
             "correct_within_radius": _pct(correct.mean()),
             "mean_confidence": round(float(conf.mean()), 4),
             "confident": _pct(np.mean([r.confidence >= 0.5 for r in rs])),
+            # judged unlike the calibration's queries (on in-distribution worlds: false rejections)
+            "unfamiliar": _pct(np.mean([r.unfamiliar for r in rs])),
             "ece": round(expected_calibration_error(conf, correct, bins), 4),
             "reliability": [asdict(b) for b in reliability(conf, correct, bins)],
         }
@@ -268,8 +290,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [
         "",
         "| query | a tile within 50 m among top 1 / 5 / 10 | median radius | truth within radius "
-        "| mean confidence | confident (>= 0.5) | ECE |",
-        "|---|---|---|---|---|---|---|",
+        "| mean confidence | confident (>= 0.5) | unfamiliar | ECE |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for kind in KINDS:
         s = summary.get(kind)
@@ -279,7 +301,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {kind} | {h['1']} / {h['5']} / {h['10']} % | {s['radius_m']['median']:.0f} m "
             f"| {s['correct_within_radius']} % | {s['mean_confidence']:.3f} "
-            f"| {s['confident']} % | {s['ece']:.3f} |"
+            f"| {s['confident']} % | {s['unfamiliar']} % | {s['ece']:.3f} |"
         )
     for kind in (*KINDS, "all"):
         s = summary.get(kind)

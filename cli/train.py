@@ -1,4 +1,4 @@
-"""`cvm train`: train CVM-Net-I/II on CVUSA-layout data (or synthetic worlds), resumably."""
+"""`cvm train`: train CVM-Net-I/II on CVUSA-layout data, synthetic worlds, CVACT or VIGOR, resumably."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="DIR",
-        help="CVUSA roots or synthetic world folders; several are concatenated",
+        help="CVUSA roots, synthetic world folders, CVACT folders or VIGOR folders (DIR, "
+        "DIR@cross-area); several are concatenated",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, metrics.jsonl)")
     parser.add_argument("--epochs", type=int, default=10, help="total number of epochs of the run")
@@ -102,6 +103,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation"
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    served = parser.add_argument_group("training as served (docs/training.md)")
+    served.add_argument(
+        "--offset-m",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="synthetic worlds: cut each aerial crop from ortho.tif around a centre displaced by up to "
+        "M metres east and north of the camera, drawn anew every epoch (17.5 = half the index's "
+        "default 35 m stride); 0: the pre-cut crops centred on the camera",
+    )
+    served.add_argument(
+        "--semi-positive-m",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="leave pairs (i, j) whose ground j lies within R metres of tile i's centre (and VIGOR's "
+        "labelled semi-positive tiles) out of the loss's negatives (35 = half a 70 m tile); 0: none",
+    )
+    served.add_argument(
+        "--hard-negatives",
+        action="store_true",
+        help="at every epoch's start, embed the aerial crops with the current weights and form each "
+        "batch from descriptor neighbours that are more than --semi-positive-m apart",
+    )
 
 
 def _model_config(path: str | None) -> dict[str, Any] | None:
@@ -143,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
             val_data=args.val_data,
             seed=args.seed,
             device=args.device,
+            offset_m=args.offset_m,
+            semi_positive_m=args.semi_positive_m,
+            hard_negatives=args.hard_negatives,
         )
         result = train(cfg)
     except (TrainError, DatasetError, CheckpointError, BackboneWeightsError, ValueError) as exc:

@@ -73,6 +73,14 @@ class BuildOptions:
     shard_size: int = 2048
     read_threads: int = 0  # 0: default_read_threads()
     progress: bool = True
+    memory_budget: int | None = None  # bytes the index may take in RAM (--memory-budget)
+    # torch threads of the forward pass, for either engine (0: one per core of its machine)
+    torch_threads: int = 0
+    # "local" (this process) or "ray" (indexer.ray_engine); not part of the fingerprint: both
+    # give the same shards, so a build started by one resumes on the other
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_actors: int = 0  # 0: one per GPU of the cluster, else half its CPUs
 
 
 def default_read_threads() -> int:
@@ -128,6 +136,7 @@ def make_params(opts: BuildOptions, ctx: BuildContext) -> BuildParams:
         activate=opts.activate,
         missing_inputs=tuple(missing),
         weights_sha256=ctx.weights_sha256,
+        memory_budget=opts.memory_budget,
     )
 
 

@@ -31,6 +31,13 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="tiles per forward pass (default 32)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--index-type", choices=("auto", "flat", "ivfpq", "hnsw"), default="auto")
+    p.add_argument(
+        "--memory-budget",
+        type=_size,
+        metavar="SIZE",
+        help="RAM the index may take, e.g. 512MB or 2GiB: the best index that fits (flat, HNSW, "
+        "or OPQ+IVF+PQ re-ranked with the exact vectors kept on disk); with --index-type auto",
+    )
     p.add_argument("--no-activate", action="store_true", help="publish without making it the served build")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
@@ -49,6 +56,25 @@ def _build_args(p: argparse.ArgumentParser) -> None:
         default=0,
         help="threads reading tiles ahead (default: half the CPU cores, 1-8)",
     )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch threads of the forward pass, either engine (default 0: one per core)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="embed in this process (local) or as a Ray Data pipeline (ray; the 'ray' extra)",
+    )
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster: HOST:PORT, ray://HOST:PORT or auto")
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        default=0,
+        help="embedding actors (default: one per GPU of the cluster, else half its CPUs)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--dry-run",
@@ -64,6 +90,15 @@ def _positive(text: str) -> float:
     return value
 
 
+def _size(text: str) -> int:
+    from storage.budget import BudgetError, parse_size
+
+    try:
+        return parse_size(text)
+    except BudgetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvm-index", description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", help="catalogue URL (default: CVM_DATABASE_URL)")
@@ -74,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a build (default: the active one)")
     p.add_argument("build", nargs="?", type=int)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--queries",
+        type=int,
+        default=100,
+        metavar="N",
+        help="stored vectors used as queries to measure recall@10 against exact search "
+        "(default 100; 0: no measurement)",
+    )
     p = sub.add_parser("verify", help="check a build's index against its catalogue, weights and imagery")
     p.add_argument("build", nargs="?", type=int)
     p.add_argument("--weights", type=Path, help="weights file to check (default: the build's)")

@@ -15,10 +15,12 @@ from sqlalchemy import Engine
 
 from indexer.build import BuildOptions, default_read_threads
 from indexer.dryrun import DryRunReport
+from indexer.errors import UsageError
 from indexer.runner import BuildReport, run_build, run_dry
 from indexer.verify import verify_build
-from storage import catalog
+from storage import catalog, faiss_index
 from storage.db import make_engine, session_scope, upgrade
+from storage.errors import StorageError
 from storage.models import Build, Tile
 from storage.settings import Settings
 
@@ -34,6 +36,10 @@ def _engine(settings: Settings) -> Iterator[Engine]:
 
 
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    if args.memory_budget is not None and args.index_type != "auto":
+        raise UsageError(
+            f"--memory-budget chooses the index type itself; give it without --index-type {args.index_type}"
+        )
     resume: bool | int | None = False if args.fresh else None
     if args.resume is not None:
         resume = True if args.resume == -1 else int(args.resume)
@@ -49,6 +55,11 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         shard_size=max(1, args.shard_size),
         read_threads=args.read_threads if args.read_threads > 0 else default_read_threads(),
         progress=not args.no_progress,
+        memory_budget=args.memory_budget,
+        torch_threads=args.torch_threads,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        ray_actors=args.ray_actors,
     )
     if args.dry_run:
         dry = run_dry(opts, settings, args.weights, args.device)
@@ -145,14 +156,41 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
     with _engine(settings) as engine, session_scope(engine) as session:
         d = _build_dict(catalog.resolve_build(session, args.build))
+    figures: dict[str, Any] | None = None
+    if d["index_path"]:
+        try:
+            figures = faiss_index.index_figures(Path(d["index_path"]), max(0, args.queries))
+        except StorageError as exc:  # the build's fields still say what it is; exit 1
+            figures = {"error": str(exc)}
+    failed = figures is not None and "error" in figures
     if args.json:
-        print(json.dumps(d, indent=2, default=str))
-        return 0
+        print(json.dumps(d | {"index": figures}, indent=2, default=str))
+        return 1 if failed else 0
     for key, value in d.items():
         if key == "params":
             value = {k: v for k, v in value.items() if k != "sources"}
         print(f"{key:15} {json.dumps(value, default=str) if isinstance(value, dict | list) else value}")
-    return 0
+    if figures is not None and failed:
+        print(f"index          cannot be read: {figures['error']}")
+    elif figures is not None:
+        _print_figures(figures)
+    return 1 if failed else 0
+
+
+def _print_figures(f: dict[str, Any]) -> None:
+    """The index's figures (`storage.faiss_index.index_figures`), one per line."""
+    budget = f" within a budget of {_bytes(f['memory_budget'])}" if f["memory_budget"] else ""
+    print(f"index          {f['index_type']} ({f['factory']}), {f['ntotal']:,} tiles{budget}")
+    kept = " (with the exact vectors kept for re-ranking)" if f["exact_vectors"] else ""
+    print(
+        f"bytes per tile {f['ram_bytes_per_tile']:,.1f} in RAM (the loaded index), "
+        f"{f['disk_bytes_per_tile']:,.1f} on disk{kept}"
+    )
+    if f["recall_queries"]:
+        line = f"recall@10      {f['recall_at_10']:.3f} against exact search"
+        if f["recall_at_10_rerank"] is not None:
+            line += f" without re-rank, {f['recall_at_10_rerank']:.3f} with the exact re-rank"
+        print(f"{line} ({f['recall_queries']} stored vectors as queries)")
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:

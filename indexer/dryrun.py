@@ -24,6 +24,7 @@ from indexer.errors import InputRejected, UsageError
 from indexer.sources import resolve_inputs
 from indexer.tiles import count_raster, plan_csv
 from model.checkpoint import LoadedModel
+from storage.budget import BudgetError
 from storage.faiss_index import IndexSpec, MemoryEstimate, choose_spec, estimate_memory
 
 # Tiles in the timed forward pass (at most --batch-size), and passes timed after one warm-up.
@@ -115,5 +116,8 @@ def _estimate(report: DryRunReport, opts: BuildOptions, loaded: LoadedModel, dev
     report.seconds_per_tile = best / b
     report.probe_tiles, report.views, report.device = b, config.preprocessing.views, str(device)
     d = config.descriptor_dim
-    report.spec = choose_spec(opts.index_type, report.total, d)
+    try:
+        report.spec = choose_spec(opts.index_type, report.total, d, opts.memory_budget)
+    except BudgetError as exc:  # the build would fail at its merge stage: say so before embedding
+        raise UsageError(f"--memory-budget: {exc}") from exc
     report.memory = estimate_memory(report.spec, report.total, d)

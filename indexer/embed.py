@@ -18,7 +18,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -158,38 +158,60 @@ def shard_path(shard_dir: Path, first_id: int) -> Path:
     return shard_dir / f"shard-{first_id:012d}.npz"
 
 
+@dataclass
+class ShardBook:
+    """What a shard records of its chips as they pass, in tile-id order: ids, status and each
+    failed source's first error. Both engines fill one per shard (`ok_batches`) and turn it and
+    the batches' vectors into the shard's arrays (`arrays`)."""
+
+    ids: list[int] = field(default_factory=list)
+    status: list[int] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def record(self, chip: Chip) -> None:
+        self.ids.append(chip.task.id)
+        self.status.append(chip.status)
+        if chip.status == FAILED and chip.task.source not in self.errors:
+            self.errors[chip.task.source] = chip.error or "unreadable"
+
+    def arrays(self, vectors: list[np.ndarray], dim: int) -> dict[str, Any]:
+        """The arrays of the shard's file, given the (b, dim) outputs of its batches in order."""
+        st = np.asarray(self.status, dtype=np.uint8)
+        full = np.zeros((len(self.ids), dim), dtype=np.float32)
+        if vectors:
+            full[st == OK] = np.concatenate(vectors)
+        return {
+            "ids": np.asarray(self.ids, dtype=np.int64),
+            "status": st,
+            "vectors": full,
+            "errors": json.dumps(self.errors),
+        }
+
+
+def ok_batches(chips: Iterable[Chip], batch_size: int, book: ShardBook) -> Iterator[np.ndarray]:
+    """The (b, S, S, 3) uint8 pixels of one shard's OK chips, `batch_size` at a time in tile order
+    (the last batch shorter), recording every chip in `book` as it passes.
+
+    These are the forward passes of the shard, whichever engine runs them: torch's CPU results
+    depend on the batch a tile is in, so equal batches are what makes equal vectors.
+    """
+    batch: list[np.ndarray] = []
+    for chip in chips:
+        book.record(chip)
+        if chip.status == OK and chip.pixels is not None:
+            batch.append(chip.pixels)
+            if len(batch) == batch_size:
+                yield np.stack(batch)
+                batch = []
+    if batch:
+        yield np.stack(batch)
+
+
 def embed_shard(chips: Iterable[Chip], embedder: Embedder, batch_size: int, dim: int) -> dict[str, Any]:
     """Embed one shard's chips in batches of OK chips; returns the arrays its file holds."""
-    ids, status, errors = [], [], {}
-    vectors: list[np.ndarray] = []
-    batch: list[Chip] = []
-
-    def flush() -> None:
-        if batch:
-            out = embedder(np.stack([c.pixels for c in batch if c.pixels is not None]))
-            vectors.extend(out)
-            batch.clear()
-
-    for chip in chips:
-        ids.append(chip.task.id)
-        status.append(chip.status)
-        if chip.status == FAILED and chip.task.source not in errors:
-            errors[chip.task.source] = chip.error or "unreadable"
-        if chip.status == OK:
-            batch.append(chip)
-            if len(batch) == batch_size:
-                flush()
-    flush()
-    st = np.asarray(status, dtype=np.uint8)
-    full = np.zeros((len(ids), dim), dtype=np.float32)
-    if vectors:
-        full[st == OK] = np.stack(vectors)
-    return {
-        "ids": np.asarray(ids, dtype=np.int64),
-        "status": st,
-        "vectors": full,
-        "errors": json.dumps(errors),
-    }
+    book = ShardBook()
+    vectors = [embedder(pixels) for pixels in ok_batches(chips, batch_size, book)]
+    return book.arrays(vectors, dim)
 
 
 def write_shard(path: Path, arrays: dict[str, Any]) -> None:

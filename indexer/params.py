@@ -6,8 +6,9 @@ since the first version of the catalogue, key for key, so an interrupted build w
 earlier version still resumes and `cvm-index info` shows the same thing.
 
 `fingerprint()` is the identity of a build's inputs: the input files (with size and mtime), the
-tile list, the tile size and stride, the index type and the weights' hash. An unfinished build
-with the same fingerprint is resumed instead of starting a new one.
+tile list, the tile size and stride, the index type, the memory budget (when one is given) and
+the weights' hash. An unfinished build with the same fingerprint is resumed instead of starting
+a new one.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class FileIdent(NamedTuple):
 
 # The stored keys that identify a build's inputs (with the weights' hash, kept in its own column).
 FINGERPRINT_KEYS = ("inputs", "tiles_csv", "tile_size_m", "stride_m", "index_type")
+# Keys that join the identity only when set: builds written before they existed (without them)
+# keep their fingerprint, so they still resume and load.
+OPTIONAL_FINGERPRINT_KEYS = ("memory_budget",)
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,9 @@ class BuildParams:
     tiles per forward pass; shard_size: tiles per resumable shard; activate: make the build the
     served one when it is published; missing_inputs: (spec, reason) of inputs that matched no
     file; weights_sha256: the weights' hash (stored in `Build.weights_sha256`, not in the
-    JSON); sources: how each raster is read, once planning has inspected them (None before).
+    JSON); sources: how each raster is read, once planning has inspected them (None before);
+    memory_budget: bytes the index may take in RAM (`--memory-budget`; None: no budget, the
+    index type decides).
     """
 
     inputs: tuple[FileIdent, ...]
@@ -68,6 +74,7 @@ class BuildParams:
     missing_inputs: tuple[tuple[str, str], ...]
     weights_sha256: str
     sources: tuple[RasterInfo, ...] | None = None
+    memory_budget: int | None = None
 
     def fingerprint(self) -> str:
         """Identity of the build's inputs: same fingerprint = the same index (resumable).
@@ -77,6 +84,7 @@ class BuildParams:
         """
         stored = self._json_fields()
         ident = {k: stored[k] for k in FINGERPRINT_KEYS} | {"weights_sha256": self.weights_sha256}
+        ident |= {k: stored[k] for k in OPTIONAL_FINGERPRINT_KEYS if stored.get(k) is not None}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
     def same_inputs(self, stored: dict[str, Any]) -> bool:
@@ -100,6 +108,8 @@ class BuildParams:
         return d
 
     def _json_fields(self) -> dict[str, Any]:
+        # the budget only when given, after the keys of earlier versions
+        budget = {} if self.memory_budget is None else {"memory_budget": self.memory_budget}
         return {
             "inputs": [list(f) for f in self.inputs],
             "tiles_csv": None if self.tiles_csv is None else list(self.tiles_csv),
@@ -110,7 +120,7 @@ class BuildParams:
             "shard_size": self.shard_size,
             "activate": self.activate,
             "missing_inputs": [list(m) for m in self.missing_inputs],
-        }
+        } | budget
 
     @classmethod
     def from_json(cls, stored: dict[str, Any], weights_sha256: str) -> BuildParams:
@@ -130,6 +140,7 @@ class BuildParams:
                 missing_inputs=tuple((str(s), str(r)) for s, r in stored.get("missing_inputs", [])),
                 weights_sha256=weights_sha256,
                 sources=None if sources is None else tuple(RasterInfo.from_dict(d) for d in sources.values()),
+                memory_budget=None if stored.get("memory_budget") is None else int(stored["memory_budget"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexerError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +16,17 @@ from indexer.errors import UsageError
 from indexer.params import BuildParams
 from indexer.publish import merge_stage
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
-from model.runtime import frozen_heap
+from model.runtime import claim_pool, frozen_heap
 from storage import catalog
 from storage.db import make_engine, session_scope, upgrade
 from storage.settings import Settings
 
 if TYPE_CHECKING:
     from indexer.dryrun import DryRunReport
+    from indexer.ray_engine import RayCluster, RaySetup
 
 EXIT_OK, EXIT_FAILED, EXIT_NOTHING, EXIT_PARTIAL = 0, 1, 2, 3
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -75,12 +78,27 @@ def resolve_weights(weights: Path | None, settings: Settings, engine: Any, resum
 def run_build(
     opts: stages.BuildOptions, settings: Settings, weights: Path | None, device: str
 ) -> BuildReport:
-    """Create or resume a build and run its stages to the end."""
+    """Create or resume a build and run its stages to the end, embedding on `opts.engine`."""
     started = time.perf_counter()
-    upgrade(settings.database_url)
-    engine = make_engine(settings.database_url)
+    if opts.engine not in ENGINES:
+        raise UsageError(f"--engine {opts.engine}: not one of {', '.join(ENGINES)}")
+    if opts.engine != "ray" and (opts.ray_address or opts.ray_actors):
+        raise UsageError("--ray-address and --ray-actors go with --engine ray")
+    if opts.torch_threads < 0:
+        raise UsageError(f"--torch-threads must be 0 (one per core) or more, got {opts.torch_threads}")
+    # Ray is reached first, so that a missing extra or a wrong address writes nothing
+    cluster = _ray_cluster(opts)
+    engine = None
     try:
-        dev = resolve_device(device)
+        setup = None
+        if cluster is not None:
+            from indexer.ray_engine import plan_resources
+
+            setup = plan_resources(cluster.ray, device, opts.ray_actors, opts.torch_threads)
+        upgrade(settings.database_url)
+        engine = make_engine(settings.database_url)
+        # the Ray engine's driver runs no forward pass: its device is that of the FAISS training
+        dev = resolve_device(device) if cluster is None else _driver_device(device)
         path = resolve_weights(weights, settings, engine, opts.resume)
         try:
             loaded = load_checkpoint(path, device="cpu")
@@ -93,11 +111,26 @@ def run_build(
         try:
             # The libraries and the model loaded so far live as long as the build (`frozen_heap`).
             with frozen_heap():
-                return _stages(ctx, params, opts, started)
+                return _stages(ctx, params, opts, started, cluster, setup)
         finally:
             lock.release()
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
+        if cluster is not None:
+            cluster.close()
+
+
+def _ray_cluster(opts: stages.BuildOptions) -> RayCluster | None:
+    if opts.engine != "ray":
+        return None
+    from indexer.ray_engine import RayCluster
+
+    return RayCluster(opts.ray_address)
+
+
+def _driver_device(name: str) -> torch.device:
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def run_dry(opts: stages.BuildOptions, settings: Settings, weights: Path | None, device: str) -> DryRunReport:
@@ -117,7 +150,12 @@ def run_dry(opts: stages.BuildOptions, settings: Settings, weights: Path | None,
 
 
 def _stages(
-    ctx: stages.BuildContext, params: BuildParams, opts: stages.BuildOptions, t0: float
+    ctx: stages.BuildContext,
+    params: BuildParams,
+    opts: stages.BuildOptions,
+    t0: float,
+    cluster: RayCluster | None = None,
+    setup: RaySetup | None = None,
 ) -> BuildReport:
     params, planned = stages.plan_stage(ctx, params, progress=opts.progress)
     if planned == 0:
@@ -125,7 +163,15 @@ def _stages(
         _mark(ctx, status="failed", counts=counts)
         return BuildReport(ctx.build_id, "failed", ctx.resumed, counts, time.perf_counter() - t0)
     t_embed = time.perf_counter()
-    stages.embed_stage(ctx, params, planned, opts)
+    if cluster is not None and setup is not None:
+        from indexer import ray_engine
+
+        print(ray_engine.describe(setup), file=sys.stderr)
+        ray_engine.embed_stage(ctx, params, planned, opts, cluster, setup)
+    else:
+        # the thread count the Ray engine's CPU actors use too: equal counts, equal vectors
+        claim_pool(opts.torch_threads)
+        stages.embed_stage(ctx, params, planned, opts)
     ctx.run_timings["embed_s"] = time.perf_counter() - t_embed
     use_gpu = ctx.device.type == "cuda" and faiss.get_num_gpus() > 0
     # merge_stage records embed_s and total_s in its publishing transaction (one commit less)

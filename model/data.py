@@ -80,12 +80,21 @@ class SampleFailure:
 
 @dataclass
 class PairBatch:
-    """A collated batch: grd (b,3,H,W), sat (b,3,S,S), index (b,) int64, plus dropped samples."""
+    """A collated batch: grd (b,3,H,W), sat (b,3,S,S), index (b,) int64, plus dropped samples.
+
+    Where the data knows its positions, training fills (`model.sampling.attach_geometry`):
+    position (b, 4) float64 tile lat, tile lon, ground lat, ground lon (NaN where unknown),
+    group (b,) int64 (pairs of different groups are never near each other) and, for data whose
+    labels list the tiles that show each ground image (VIGOR), tiles (b, 4) int64.
+    """
 
     grd: torch.Tensor
     sat: torch.Tensor
     index: torch.Tensor
     failures: list[SampleFailure]
+    position: torch.Tensor | None = None
+    group: torch.Tensor | None = None
+    tiles: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.index.shape[0])

@@ -50,6 +50,16 @@ from model.data import (
 from model.evaluate import evaluate_model, open_eval_dataset, resolve_data_root
 from model.geodata import open_protocol_dataset
 from model.losses import weighted_soft_margin_loss
+from model.sampling import (
+    EpochGeometry,
+    GlobalIndex,
+    ServedCropDataset,
+    attach_geometry,
+    embed_satellites,
+    epoch_geometry,
+    hard_negative_order,
+    semi_positive_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +67,10 @@ log = logging.getLogger(__name__)
 # The paper preset follows the original (Adam 1e-5, batch 12, N(N-1) with N = 12 always).
 PRESET_DEFAULTS: dict[str, tuple[float, int, bool]] = {"paper": (1e-5, 12, True), "cpu": (1e-4, 24, False)}
 # Settings a resumed run must share with the run that wrote last.pt.
-_RUN_IDENTITY = ("arch", "preset", "model_config", "batch_size", "seed", "data", "loss_batch_size", "alpha")
+_RUN_IDENTITY = (
+    "arch", "preset", "model_config", "batch_size", "seed", "data", "loss_batch_size", "alpha",
+    "offset_m", "semi_positive_m", "hard_negatives",
+)  # fmt: skip
 
 
 # Several training folders are concatenated.
@@ -77,6 +90,13 @@ class TrainConfig:
     checkpoint_minutes: interval of mid-epoch checkpoints (0 = after every step).
     max_minutes: stop cleanly, with a checkpoint, after this many minutes of this invocation.
     threads: torch CPU threads (None = all cores).
+    offset_m: synthetic worlds' aerial crops are cut from the orthophoto around a centre displaced
+    by up to this many metres east and north (`model.sampling.ServedCropDataset`); 0 = the
+    pre-cut crops centred on the camera.
+    semi_positive_m: pairs (i, j) whose ground j lies within this many metres of tile i's centre
+    (and VIGOR's labelled semi-positives) are left out of the loss's negatives; 0 = none.
+    hard_negatives: every epoch's batches are groups of look-alike tiles, mined with the current
+    weights at the epoch's start (`model.sampling.hard_negative_order`).
     """
 
     data: tuple[str, ...]
@@ -107,10 +127,17 @@ class TrainConfig:
     threads: int | None = None
     device: str = "cpu"
     model_config: dict[str, Any] | None = None
+    offset_m: float = 0.0
+    semi_positive_m: float = 0.0
+    hard_negatives: bool = False
 
     def __post_init__(self) -> None:
         if not self.data:
             raise ValueError("at least one training data folder is needed")
+        if not (self.offset_m >= 0.0 and self.semi_positive_m >= 0.0):
+            raise ValueError(
+                f"offset_m and semi_positive_m must be >= 0, got {self.offset_m} and {self.semi_positive_m}"
+            )
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
         if self.seed < 0:
@@ -226,9 +253,33 @@ def build_train_dataset(cfg: TrainConfig, prep: Preprocessing) -> TrainDataset:
             photo_placement=cfg.photo_placement,
         )
         if other is not None:
+            if cfg.offset_m > 0:
+                raise DatasetError(
+                    f"--offset-m applies to synthetic world folders (ortho.tif); {data} is a "
+                    f"{type(other).__name__.removesuffix('Dataset')} folder, whose positives are as labelled"
+                )
             parts.append(other)
             continue
-        root, _ = resolve_data_root(data)
+        root, world = resolve_data_root(data)
+        if cfg.offset_m > 0:
+            if world is None:
+                raise DatasetError(
+                    f"--offset-m applies to synthetic world folders (ortho.tif); {data} is a CVUSA root"
+                )
+            parts.append(
+                ServedCropDataset(
+                    world,
+                    "train",
+                    prep,
+                    cfg.offset_m,
+                    augment=cfg.augment,
+                    photo_fraction=cfg.photo_fraction,
+                    seed=cfg.seed * 1000 + k,
+                    aligned=cfg.aligned_augment,
+                    photo_placement=cfg.photo_placement,
+                )
+            )
+            continue
         # A distinct augmentation seed per folder, so that equal indices of two worlds differ.
         parts.append(
             CVUSADataset(
@@ -248,7 +299,10 @@ def build_train_dataset(cfg: TrainConfig, prep: Preprocessing) -> TrainDataset:
 def _build_val_dataset(cfg: TrainConfig, prep: Preprocessing) -> PairDataset | None:
     source = cfg.val_data or cfg.data[0]
     try:
-        return open_eval_dataset(source, prep, "val")
+        val = open_eval_dataset(source, prep, "val")
+        if len(val) == 0:
+            raise DatasetError(f"the val split of {source} has no pairs")
+        return val
     except DatasetError as exc:
         if cfg.val_data:
             raise
@@ -354,7 +408,7 @@ def _epoch_loader(dataset: TrainDataset, state: RunState, cfg: TrainConfig) -> D
     assert state.permutation is not None
     set_epoch(dataset, state.epoch)
     return DataLoader(
-        dataset,
+        GlobalIndex(dataset),  # batch.index numbers the pairs of all --data folders together
         batch_size=cfg.batch_size,
         sampler=state.permutation[state.position :].tolist(),
         drop_last=True,
@@ -367,7 +421,10 @@ def _epoch_loader(dataset: TrainDataset, state: RunState, cfg: TrainConfig) -> D
 def _train_step(net: CVMNet, opt: torch.optim.Optimizer, batch: PairBatch, cfg: TrainConfig) -> float:
     """One optimiser step on a batch of >= 2 pairs; returns the loss."""
     g, s = net(batch.grd.to(cfg.device), batch.sat.to(cfg.device))
-    loss = weighted_soft_margin_loss(g, s, alpha=cfg.alpha, batch_size=cfg.loss_batch_size)
+    exclude = None
+    if cfg.semi_positive_m > 0 and batch.position is not None and batch.group is not None:
+        exclude = semi_positive_mask(batch.position, batch.group, cfg.semi_positive_m, batch.tiles)
+    loss = weighted_soft_margin_loss(g, s, alpha=cfg.alpha, batch_size=cfg.loss_batch_size, exclude=exclude)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -414,6 +471,22 @@ def _epoch_permutation(n: int, state: RunState, cfg: TrainConfig) -> torch.Tenso
     return state.permutation
 
 
+def _mine_order(
+    net: CVMNet, dataset: TrainDataset, geometry: EpochGeometry | None, state: RunState, cfg: TrainConfig
+) -> torch.Tensor:
+    """The epoch's order of look-alike batches (`--hard-negatives`), from the weights at its start.
+    Mining again after a resume at the epoch's start gives the same order (same weights); later
+    in the epoch the stored order is used."""
+    assert geometry is not None
+    tick = time.monotonic()
+    desc, index = embed_satellites(net, dataset, cfg.val_batch_size, cfg.workers, cfg.device)
+    order = hard_negative_order(
+        desc, index, len(dataset), geometry, cfg.semi_positive_m, cfg.batch_size, cfg.seed, state.epoch
+    )
+    log.info("epoch %d: look-alike batches mined in %.1f s", state.epoch, time.monotonic() - tick)
+    return order
+
+
 def _record_step(state: RunState, loss: float | None, pairs: int, seconds: float, batch_size: int) -> None:
     state.train_s += seconds
     state.position += batch_size
@@ -429,6 +502,12 @@ def _run_epoch(
 ) -> bool:
     """Train on the rest of the current epoch; False when stopped early by --max-minutes."""
     cfg = ctx.cfg
+    geometry = None
+    if cfg.semi_positive_m > 0 or cfg.hard_negatives:
+        set_epoch(dataset, state.epoch)
+        geometry = epoch_geometry(dataset)
+    if cfg.hard_negatives and state.permutation is None:
+        state.permutation = _mine_order(net, dataset, geometry, state, cfg)
     _epoch_permutation(len(dataset), state, cfg)
     net.train()
     bar = tqdm(total=len(dataset) // cfg.batch_size, initial=state.position // cfg.batch_size,
@@ -437,6 +516,8 @@ def _run_epoch(
         tick = time.monotonic()
         for batch in _epoch_loader(dataset, state, cfg):
             state.skipped += report_failures(batch.failures)
+            if geometry is not None:
+                attach_geometry(batch, geometry)
             loss = _train_step(net, opt, batch, cfg) if len(batch) >= 2 else None
             _record_step(state, loss, len(batch), time.monotonic() - tick, cfg.batch_size)
             bar.update(1)

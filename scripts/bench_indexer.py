@@ -45,6 +45,18 @@ def make_raster(path: Path, size: int, gsd: float = 0.55) -> None:
         dst.write(data)
 
 
+def bench_inputs(work: Path, weights: Path | None, size_px: int) -> tuple[Path, Path]:
+    """(raster, weights) of a benchmark in `work`: the generated raster, and `weights` or a
+    random-weight cpu-preset checkpoint."""
+    if weights is None:
+        torch.manual_seed(0)
+        weights = work / "cpu-random.pt"
+        save_checkpoint(weights, build_model(preset_config("cvm-net-i", "cpu")))
+    raster = work / "bench.tif"
+    make_raster(raster, size_px)
+    return raster, weights
+
+
 def forward_rate(weights: Path, batch: int, n: int, device: str) -> float:
     """Tiles/s of describe_satellite (every test-time view) alone on random prepared batches (no I/O)."""
     loaded = load_checkpoint(weights, device=device)
@@ -104,13 +116,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        weights = args.weights
-        if weights is None:
-            torch.manual_seed(0)
-            weights = work / "cpu-random.pt"
-            save_checkpoint(weights, build_model(preset_config("cvm-net-i", "cpu")))
-        raster = work / "bench.tif"
-        make_raster(raster, args.size_px)
+        raster, weights = bench_inputs(work, args.weights, args.size_px)
         # alternate the two measurements and keep the best of each: on a shared machine the
         # load changes between runs, and the best run is the least disturbed one
         runs = []  # (whole, embed, pure) tiles/s of each round

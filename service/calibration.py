@@ -9,8 +9,11 @@ calibrate`) and stored in a JSON sidecar next to the weights file, `<weights>.ca
 inside it, so that fitting it never changes the weights' sha256, which every index build records.
 The sidecar names the sha256 of the weights it was fitted for and is ignored for other weights.
 
-It also holds the estimate's parameters used when fitting (the service uses the same) and the
-threshold below which an answer is "no confident match".
+It also holds the estimate's parameters used when fitting (the service uses the same), the
+threshold below which an answer is "no confident match", and (format 2) a familiarity model per
+query kind (`service.familiarity`): a query unlike the fitting worlds' queries gets a confidence
+of at most `unfamiliar_confidence` (0) whatever its consensus, since the logistic models were
+fitted on queries like the ones they judge. Format 1 files (no familiarity) are still read.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from numpy.typing import ArrayLike
 
 from model.checkpoint import CheckpointError
 from service.estimate import FEATURES, Estimate, EstimateParams
+from service.familiarity import BLOCKS, Familiarity
 
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".calibration.json"
-FORMAT = "cvm-calibration/1"
+FORMAT = "cvm-calibration/2"
+FORMATS = ("cvm-calibration/1", FORMAT)  # readable; 1: without familiarity models
 DEFAULT_THRESHOLD = 0.5
 NO_MATCH_NOTE = "no confident match"
 EPS = 1e-4
@@ -110,6 +115,8 @@ class Calibration:
     params: EstimateParams = field(default_factory=EstimateParams)
     threshold: float = DEFAULT_THRESHOLD
     fitted_on: Mapping[str, Any] = field(default_factory=dict)
+    familiarity: Mapping[str, Familiarity] = field(default_factory=dict)
+    unfamiliar_confidence: float = 0.0  # the highest confidence an unfamiliar query gets
 
     def confidence(self, est: Estimate, kind: str) -> float:
         """The calibrated probability that the true place lies within `est.radius_m`."""
@@ -117,6 +124,18 @@ class Calibration:
         if model is None:
             return float(est.raw)
         return float(model.predict(design(np.asarray([est.feature_vector()])))[0])
+
+    def familiar(self, kind: str, features: np.ndarray | None) -> tuple[bool, float] | None:
+        """(familiar, score) of a query's familiarity features ((m, dim), `service.familiarity`);
+        None when there is no model for the kind or no features to judge."""
+        model = self.familiarity.get(kind)
+        if model is None or features is None or len(features) == 0:
+            return None
+        return model.familiar(features)
+
+    def feature_blocks(self) -> tuple[int, ...]:
+        """The VGG blocks whose moments the familiarity models read (`service.familiarity`)."""
+        return next((f.blocks for f in self.familiarity.values()), BLOCKS)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,14 +146,19 @@ class Calibration:
             "threshold": self.threshold,
             "models": {kind: asdict(m) for kind, m in self.models.items()},
             "fitted_on": dict(self.fitted_on),
+            "unfamiliar_confidence": self.unfamiliar_confidence,
+            "familiarity": {kind: f.to_json() for kind, f in self.familiarity.items()},
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Calibration:
-        if data.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} file (format {data.get('format')!r})")
+        if data.get("format") not in FORMATS:
+            raise ValueError(f"not a {' or '.join(FORMATS)} file (format {data.get('format')!r})")
         if list(data.get("features", [])) != list(FEATURES):
             raise ValueError(f"features {data.get('features')} != {list(FEATURES)}")
+        unfamiliar = float(data.get("unfamiliar_confidence", 0.0))
+        if not 0.0 <= unfamiliar <= 1.0:
+            raise ValueError(f"unfamiliar_confidence {unfamiliar} is not a probability")
         models = {
             kind: Logistic(tuple(m["coef"]), float(m["intercept"]), tuple(m["mean"]), tuple(m["scale"]))
             for kind, m in data["models"].items()
@@ -145,6 +169,8 @@ class Calibration:
             params=EstimateParams(**data.get("params", {})),
             threshold=float(data.get("threshold", DEFAULT_THRESHOLD)),
             fitted_on=dict(data.get("fitted_on", {})),
+            familiarity={kind: Familiarity.from_json(f) for kind, f in data.get("familiarity", {}).items()},
+            unfamiliar_confidence=unfamiliar,
         )
 
     def save(self, path: Path) -> None:

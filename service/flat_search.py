@@ -19,6 +19,11 @@ noticeable part of a whole request, against FAISS's own search too (docs/benchma
   product's top k: the same tiles in the same order, ties broken by row as before.
 
 A query whose candidates are not a small part of the index is simply scored in full (float32).
+
+A compressed index (IVF-PQ) that keeps its exact vectors on disk (`storage.faiss_index.
+ExactVectors`) is searched by `RerankView`: FAISS finds max(4k, 100) candidates from the codes,
+and their exact float32 scores, read from the memory-mapped vectors, rank them. A search
+restricted to some tiles (a prior) scores those tiles' exact vectors, as for a flat index.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
+
+from model.runtime import omp_threads, search_threads
+from storage.faiss_index import VECTORS_FILE, ExactVectors, exact_vectors_of, rerank_candidates
 
 INT8_LEVELS = 127
 # The second pass has a fixed cost on top of the int8 product: measured after a forward pass,
@@ -113,7 +121,11 @@ class FlatView:
         """The view of an IDMap2 over a flat inner-product index, else None (IVF, HNSW...).
         Two passes from `min_values_two_pass` floats on (None: MIN_VALUES_TWO_PASS).
         hnsw=True also views the float32 vectors an IDMap2 over an HNSW-Flat index stores (its
-        exact scores, for searches restricted to a few tiles: `search(..., ids=)`)."""
+        exact scores, for searches restricted to a few tiles: `search(..., ids=)`).
+        An index that keeps its exact vectors on disk gets a `RerankView`."""
+        exact = exact_vectors_of(index)
+        if exact is not None:
+            return RerankView(index, exact)
         outer = faiss.downcast_index(index)
         if not isinstance(outer, faiss.IndexIDMap2):
             return None
@@ -198,6 +210,77 @@ class FlatView:
         rows_np = at_np if rows is None else rows[at_np]
         order = np.lexsort((rows_np, -top_np))[:k]  # by score, then row, for determinism
         return top_np[order], rows_np[order]
+
+
+# Rows scored at a time by a restricted search over memory-mapped vectors (16 MiB at d=1,024).
+_RERANK_CHUNK = 4096
+
+
+class RerankView(FlatView):
+    """Search of a compressed index re-ranked with its exact vectors (`ExactVectors`, memory-
+    mapped: pages are read as candidates need them and stay in the page cache, not the heap).
+
+    Unrestricted: the index's max(4k, 100) best candidates by their codes, ordered by exact
+    score, then tile id (= row: the vectors are stored in tile-id order). Restricted to tiles
+    (`ids`): the exact scores of those tiles' vectors, the answer of `FlatView.search`."""
+
+    def __init__(self, index: Any, exact: ExactVectors) -> None:
+        # no int8 copy: the vectors stay on disk; the memory map is opened copy-on-write so
+        # that torch can view it (it refuses read-only arrays), and nothing ever writes to it
+        vectors = np.load(exact.folder / VECTORS_FILE, mmap_mode="c") if len(exact.ids) else exact.vectors
+        super().__init__(vectors, exact.ids, min_values_two_pass=2**62)
+        self.owner = index
+        self.exact = exact
+
+    def search(
+        self, queries: np.ndarray, k: int, ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if ids is not None:
+            return super().search(queries, k, ids)
+        n = len(queries)
+        scores = np.full((n, k), -np.finfo(np.float32).max, dtype=np.float32)
+        out_ids = np.full((n, k), -1, dtype=np.int64)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        finite = np.flatnonzero(np.isfinite(q).all(axis=1))  # a query with NaN or inf matches nothing
+        if not len(finite) or not len(self.ids):
+            return scores, out_ids
+        wanted = min(len(self.ids), rerank_candidates(k))
+        with omp_threads(search_threads()):
+            _, candidates = self.owner.search(q[finite], wanted)
+        with torch.inference_mode():
+            for i, cand in zip(finite, candidates, strict=True):
+                rows = self.exact.rows_of(cand[cand >= 0])
+                rows = np.unique(rows[rows >= 0])
+                kept = min(k, len(rows))
+                if kept:
+                    scores[i, :kept], best = self._rescore(q[i], rows, kept)
+                    out_ids[i, :kept] = self.ids[best]
+        return scores, out_ids
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """The rows (ascending) holding tile ids `ids` (stored in id order: no sorted copy)."""
+        rows = self.exact.rows_of(ids)
+        return np.unique(rows[rows >= 0])
+
+    def _rescore(self, q: np.ndarray, rows: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FlatView._rescore a chunk of rows at a time: the k best of each chunk (with ties at
+        its k-th) hold the k best of all, and no more than a chunk is copied from the map."""
+        if rows is None:
+            rows = np.arange(len(self.ids))
+        if len(rows) <= _RERANK_CHUNK:
+            return super()._rescore(q, rows, k)
+        best_s, best_r = [], []
+        for at in range(0, len(rows), _RERANK_CHUNK):
+            chunk = rows[at : at + _RERANK_CHUNK]
+            vectors = self.vectors[torch.from_numpy(chunk)]
+            sims = (vectors @ torch.from_numpy(q)).numpy()
+            kth = np.partition(sims, len(sims) - min(k, len(sims)))[len(sims) - min(k, len(sims))]
+            keep = sims >= kth
+            best_s.append(sims[keep])
+            best_r.append(chunk[keep])
+        top, rows_np = np.concatenate(best_s), np.concatenate(best_r)
+        order = np.lexsort((rows_np, -top))[:k]  # by score, then row, as FlatView._rescore
+        return top[order], rows_np[order]
 
 
 def first_pass(index: Int8Rows, q: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:

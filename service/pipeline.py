@@ -19,6 +19,7 @@ import torch
 from model.runtime import claim_pool, compute_single_threaded
 from service.batcher import MicroBatcher
 from service.catalog import TilePlace
+from service.familiarity import embed_recording
 from service.localizer import Localizer
 from service.locate import LocationEstimate, estimate_params, locate
 from service.prior import Prior
@@ -52,6 +53,8 @@ class Match:
     scores: np.ndarray
     forward_s: float
     search_s: float
+    # The query's familiarity features, one row per input (`service.familiarity`); None: not taken.
+    features: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class LocalizeResult:
     estimate: LocationEstimate | None = None
     # The top `heat` tiles of the same search as (lon, lat, score), best first (`heat_points`).
     heat: list[tuple[float, float, float]] = field(default_factory=list)
+    # The query's familiarity features (m, dim) (`service.familiarity`), for `cvm calibrate`.
+    query_features: np.ndarray | None = None
 
 
 def run_batch(localizer: Localizer, queries: Sequence[Query]) -> list[Match]:
@@ -86,7 +91,7 @@ def run_batch(localizer: Localizer, queries: Sequence[Query]) -> list[Match]:
     kinds = [q.photo for q in queries for _ in range(len(q.x))]
     # A mask only when the batch mixes kinds: one flag keeps describe_ground on its single mean.
     photo: bool | torch.Tensor = kinds[0] if len(set(kinds)) == 1 else torch.tensor(kinds)
-    emb = localizer.embed(x, photo)
+    emb, feats = embed_recording(localizer, x, photo)
     forward_s = time.perf_counter() - t0
     ends = np.cumsum([len(q.x) for q in queries])  # query i owns rows ends[i] - m .. ends[i]
     by_snapshot: dict[tuple[int, int], list[int]] = {}
@@ -107,10 +112,11 @@ def run_batch(localizer: Localizer, queries: Sequence[Query]) -> list[Match]:
         for i in members:
             m, k = len(queries[i].x), queries[i].k
             best_ids, best_scores = best_per_tile(ids[start : start + m], scores[start : start + m], k)
-            matches[i] = Match(best_ids, best_scores, forward_s, 0.0)
+            own = None if feats is None else feats[ends[i] - m : ends[i]]
+            matches[i] = Match(best_ids, best_scores, forward_s, 0.0, own)
             start += m
     search_s = time.perf_counter() - t1
-    return [Match(m.ids, m.scores, m.forward_s, search_s) for m in matches if m is not None]
+    return [Match(m.ids, m.scores, m.forward_s, search_s, m.features) for m in matches if m is not None]
 
 
 def best_per_tile(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +153,12 @@ def answer(
     """The user's k candidates and the location estimate from all the searched ones."""
     ranked = rank(snapshot, match)
     est = locate(
-        [c.tile for c in ranked], [c.score for c in ranked], kind, snapshot.grid_m, localizer.calibration
+        [c.tile for c in ranked],
+        [c.score for c in ranked],
+        kind,
+        snapshot.grid_m,
+        localizer.calibration,
+        match.features,
     )
     return ranked[:k], est
 
@@ -233,7 +244,14 @@ class LocalizationService:
         t2 = time.perf_counter()
         stages = (decode_s, prep_s, stats.queued_s, match.forward_s, match.search_s, t2 - t1, t2 - t0)
         return LocalizeResult(
-            candidates, snapshot.build_id, used, _timings(stages), stats.batch_size, est, heat=points
+            candidates,
+            snapshot.build_id,
+            used,
+            _timings(stages),
+            stats.batch_size,
+            est,
+            heat=points,
+            query_features=match.features,
         )
 
 
@@ -260,7 +278,16 @@ def localize_once(
     points = heat_points(snapshot, match, heat)
     t2 = time.perf_counter()
     stages = (decode_s, prep_s, 0.0, match.forward_s, match.search_s, t2 - t1, t2 - t0)
-    return LocalizeResult(candidates, snapshot.build_id, used, _timings(stages), 1, est, heat=points)
+    return LocalizeResult(
+        candidates,
+        snapshot.build_id,
+        used,
+        _timings(stages),
+        1,
+        est,
+        heat=points,
+        query_features=match.features,
+    )
 
 
 def _ms(seconds: float) -> float:

@@ -49,6 +49,11 @@ class EstimateOut(BaseModel):
     )
     confident: bool = Field(description="confidence reached the calibrated threshold")
     note: str | None = Field(default=None, description='"no confident match" when not confident')
+    reason: str | None = Field(
+        default=None,
+        description="why the answer is no confident match whatever the tiles say: the image is "
+        "unlike the imagery the weights were calibrated on (null otherwise)",
+    )
 
 
 class LocalizeOut(BaseModel):
@@ -102,6 +107,7 @@ class EstimatePropertiesOut(BaseModel):
     confidence: float
     confident: bool
     note: str | None
+    reason: str | None = None
 
 
 class EstimateFeatureOut(BaseModel):
@@ -241,7 +247,7 @@ def localize_out(result: LocalizeResult, k: int) -> LocalizeOut:
 def localize_geojson(out: LocalizeOut) -> dict[str, Any]:
     """RFC 7946 FeatureCollection: one Point ([lon, lat]) per candidate, same properties and
     `role` "candidate"; then the estimate as a Point with `role` "estimate" and its radius,
-    confidence, confident and note."""
+    confidence, confident, note and reason."""
     features: list[dict[str, Any]] = [
         {
             "type": "Feature",
@@ -278,6 +284,7 @@ def estimate_out(est: LocationEstimate | None) -> EstimateOut | None:
         confidence=round(est.confidence, 4),
         confident=est.confident,
         note=est.note,
+        reason=est.reason,
     )
 
 

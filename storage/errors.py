@@ -17,3 +17,8 @@ class BuildNotFound(StorageError):
 
 class IndexMismatch(StorageError):
     """index.faiss and index_meta.json (or the catalogue) disagree, or cannot be read."""
+
+
+class ExactVectorsError(IndexMismatch):
+    """The exact vectors a compressed index is re-ranked with (vectors.npy, vector_ids.npy) are
+    missing, changed since the build or do not match the index."""

@@ -331,8 +331,8 @@ function percent(confidence) {
   return `${Math.round((confidence <= 1 ? confidence * 100 : confidence))} %`;
 }
 
-// `estimate` is {lat, lon, radius_m, confidence, confident, note}, or null / absent (a service
-// that does not estimate): then nothing is drawn.
+// `estimate` is {lat, lon, radius_m, confidence, confident, note, reason}, or null / absent (a
+// service that does not estimate): then nothing is drawn.
 function drawEstimate(estimate) {
   layers.estimate.clearLayers();
   const box = $("estimate");
@@ -345,6 +345,8 @@ function drawEstimate(estimate) {
   note.className = "note";
   note.textContent = estimate.note || "";
   if (!estimate.confident) {
+    // The reason (e.g. the image is unlike the imagery the weights know) says why, when known.
+    if (estimate.reason) note.textContent = `${note.textContent}: ${estimate.reason}`;
     box.className = "no-match";
     title.textContent = "No confident match";
     box.append(title, note);

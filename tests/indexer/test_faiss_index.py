@@ -12,15 +12,7 @@ import pytest
 from storage import faiss_index as fi
 from storage.errors import IndexMismatch
 from storage.settings import Settings
-
-
-def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
-    """Unit vectors on a low-dimensional manifold with small noise, as image descriptors are."""
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((n, 6))
-    x = np.tanh(z @ rng.standard_normal((6, d))) + 0.05 * rng.standard_normal((n, d))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
+from tests.support.vectors import clustered
 
 
 def test_choose_spec_by_size() -> None:
@@ -34,7 +26,7 @@ def test_choose_spec_by_size() -> None:
 
 @pytest.mark.parametrize("kind,floor", [("ivfpq", 0.6), ("hnsw", 0.95)])
 def test_approximate_index_recall_against_brute_force(kind: str, floor: float) -> None:
-    x = _clustered(1500, 32)
+    x = clustered(1500, 32)
     ids = np.arange(1000, 2500, dtype=np.int64)
     spec = fi.choose_spec(kind, len(x), 32)
     index = fi.train(fi.new_index(spec, 32), spec, x[:: max(1, len(x) // max(spec.train_size, 1))])
@@ -50,7 +42,7 @@ def test_approximate_index_recall_against_brute_force(kind: str, floor: float) -
 
 
 def test_read_index_checks_metadata(tmp_path: Path) -> None:
-    x = _clustered(100, 8)
+    x = clustered(100, 8)
     spec = fi.choose_spec("flat", 100, 8)
     index = fi.new_index(spec, 8)
     index.add_with_ids(x, np.arange(100, dtype=np.int64) + 5)
@@ -96,13 +88,13 @@ def _written(tmp_path: Path, kind: str, x: np.ndarray, name: str = "b") -> Path:
 def test_metadata_records_the_index_checksum(tmp_path: Path) -> None:
     import hashlib
 
-    folder = _written(tmp_path, "flat", _clustered(50, 8))
+    folder = _written(tmp_path, "flat", clustered(50, 8))
     meta = json.loads((folder / fi.META_FILE).read_text())
     assert meta["index_sha256"] == hashlib.sha256((folder / fi.INDEX_FILE).read_bytes()).hexdigest()
 
 
 def test_a_changed_byte_is_refused_by_checksum_naming_the_file(tmp_path: Path) -> None:
-    folder = _written(tmp_path, "flat", _clustered(50, 8))
+    folder = _written(tmp_path, "flat", clustered(50, 8))
     data = bytearray((folder / fi.INDEX_FILE).read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit of one stored vector: FAISS alone would not notice
     (folder / fi.INDEX_FILE).write_bytes(bytes(data))
@@ -112,7 +104,7 @@ def test_a_changed_byte_is_refused_by_checksum_naming_the_file(tmp_path: Path) -
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_a_nan_vector_is_refused(tmp_path: Path, kind: str) -> None:
-    x = _clustered(60, 8)
+    x = clustered(60, 8)
     x[17, 3] = np.nan
     folder = _written(tmp_path, kind, x)  # checksum of the file as written: only the NaN is wrong
     with pytest.raises(IndexMismatch, match="not finite"):
@@ -122,7 +114,7 @@ def test_a_nan_vector_is_refused(tmp_path: Path, kind: str) -> None:
 def test_huge_size_field_in_an_unchecksummed_index_is_a_clear_error(tmp_path: Path) -> None:
     import struct
 
-    x = _clustered(40, 8)
+    x = clustered(40, 8)
     folder = _written(tmp_path, "flat", x)
     data = bytearray((folder / fi.INDEX_FILE).read_bytes())
     at = data.find(struct.pack("<Q", x.size))  # the stored vectors' element count

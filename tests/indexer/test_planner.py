@@ -196,3 +196,20 @@ def test_tile_rows_are_inserted_while_the_planner_still_runs(tmp_path: Path) -> 
         assert s.scalar(select(func.count()).select_from(Tile)) == 2 * catalog.CHUNK + 3
     engine.dispose()
     assert seen == [catalog.CHUNK]  # the first chunk was written before the rest was planned
+
+
+def test_dry_run_applies_the_memory_budget(
+    tmp_path: Path, tiny_weights: Path, mercator_cog: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A budget that the flat index of 144 tiles fits is shown as that index; one that nothing
+    fits is refused before any embedding, naming the option, with nothing written."""
+    d = load_checkpoint(tiny_weights).config.descriptor_dim
+    flat_bytes = 144 * (4 * d + 8)
+    args = ("--dry-run", "--no-progress", "--imagery", str(mercator_cog))
+    assert _cli(tmp_path, tiny_weights, *args, "--memory-budget", str(100 * flat_bytes)) == 0
+    index = next(x for x in capsys.readouterr().out.splitlines() if "index:" in x)
+    assert "flat" in index
+    assert _cli(tmp_path, tiny_weights, *args, "--memory-budget", str(flat_bytes // 100)) == 2
+    out, err = capsys.readouterr()
+    assert "--memory-budget" in out + err
+    assert not (tmp_path / "c.db").exists() and not (tmp_path / "idx").exists()

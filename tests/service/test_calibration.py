@@ -105,3 +105,13 @@ def test_broken_sidecar_names_the_file(tmp_path: Path) -> None:
     sidecar_path(weights).write_text(json.dumps({"format": "something else"}))
     with pytest.raises(CheckpointError, match="w.calibration.json"):
         load_calibration(weights, "ab" * 32)
+
+
+def test_calibrate_help_names_the_familiarity_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["calibrate", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--familiarity-components" in out and "--familiarity-percentile" in out

@@ -319,11 +319,12 @@ def test_page_draws_the_estimate_or_says_no_confident_match(
 
     page.unroute("**/localize?*")
     page.route(
-        "**/localize?*", _answer_with(answer, {**estimate, "confident": False, "note": "scores too flat"})
+        "**/localize?*",
+        _answer_with(answer, {**estimate, "confident": False, "note": "scores too flat", "reason": "unlike"}),
     )
     upload(page, photo)
     text = page.locator("#estimate").inner_text()
-    assert "No confident match" in text and "scores too flat" in text
+    assert "No confident match" in text and "scores too flat: unlike" in text
     image = map_pixels(page)
     assert not (np.abs(image - np.asarray(ESTIMATE)).max(axis=2) <= 30).any()  # no circle drawn
     assert page.errors == []

@@ -14,12 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cli import localize as cli_localize
-from service.catalog import TilePlace
 from service.errors import BadPrior
 from service.flat_search import FlatView
 from service.prior import MAX_RADIUS_M, Prior, great_circle_m, parse_prior
 from service.snapshot import IndexSnapshot
 from tests.support.service_world import PANO_TILE, World, panorama_bytes
+from tests.support.vectors import random_places
 
 # ---------------------------------------------------------------------------------------- parsing
 
@@ -71,16 +71,6 @@ def test_great_circle_distance() -> None:
 # ---------------------------------------------------------------------- restricted search, by index
 
 
-def _places(n: int, rng: np.random.Generator, ids: np.ndarray) -> dict[int, TilePlace]:
-    lats, lons = rng.uniform(44.0, 46.0, n), rng.uniform(14.0, 16.0, n)
-    return {
-        int(i): TilePlace(
-            int(i), float(a), float(o), float(o) - 1e-3, float(a) - 1e-3, float(o) + 1e-3, float(a) + 1e-3
-        )
-        for i, a, o in zip(ids, lats, lons, strict=True)
-    }
-
-
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     x = rng.standard_normal((n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -101,7 +91,7 @@ def _snapshot(
     flat = FlatView.of(index, min_values_two_pass=0 if two_pass else 10**12) if kind == "flat" else None
     assert kind != "flat" or (flat is not None and (flat.int8 is not None) == two_pass)
     snap = IndexSnapshot(
-        build_id=1, index=index, meta={}, tiles=_places(n, rng, ids), index_dir=Path("."), flat=flat
+        build_id=1, index=index, meta={}, tiles=random_places(n, rng, ids), index_dir=Path("."), flat=flat
     )
     queries = np.concatenate([_unit(rng, 4, d), xb[[7, 99]] + 0.05 * _unit(rng, 2, d)])
     return snap, queries

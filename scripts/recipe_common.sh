@@ -1,7 +1,8 @@
 # Sourced by scripts/train_cvact.sh and scripts/train_vigor.sh (not run on its own): the
 # project's `cvm`, the authors' init weights imported once, and the paper-preset training run.
 # Expects repo, PY, ARCH, OUT, DEVICE, BATCH, LR, EPOCHS, WORKERS and optionally INIT, INIT_TF,
-# MODEL_CONFIG, MINUTES, TRAIN_ARGS (the recipes' environment, documented in each recipe).
+# MODEL_CONFIG, MINUTES, SEMI_POSITIVE_M, TRAIN_ARGS (the recipes' environment, documented in
+# each recipe).
 
 cvm() { PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m cli.main "$@"; }
 
@@ -25,6 +26,8 @@ open(sys.argv[2], "w").write(json.dumps(load_checkpoint(sys.argv[1]).config.to_d
         sizes=(--model-config "$OUT/model_config.json")
     fi
     [ -n "${MINUTES:-}" ] && extra+=(--max-minutes "$MINUTES")
+    # Near pairs are not negatives (docs/training.md, "Training as served"); 0 trains as the original.
+    [ "${SEMI_POSITIVE_M:-0}" != 0 ] && extra+=(--semi-positive-m "$SEMI_POSITIVE_M")
     # shellcheck disable=SC2206
     [ -n "${TRAIN_ARGS:-}" ] && extra+=($TRAIN_ARGS)
     cvm train --arch "$ARCH" --preset paper --init-weights "$init" --data "$data" --out "$OUT" \

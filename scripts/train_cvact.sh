@@ -19,6 +19,8 @@
 #   MINUTES     stop cleanly after this many minutes; run again to continue         unset
 #   WORKERS     image-decoding processes                                            4
 #   MODEL_CONFIG  a ModelConfig JSON for other sizes than the paper's (tests, small machines)
+#   SEMI_POSITIVE_M  metres: pairs this near are not negatives (OriCNN's radius; near
+#               panoramas share almost the same tile; 0: off)                         5
 #   TRAIN_ARGS  further `cvm train` flags, appended as given
 #   EVAL_SPLITS splits to evaluate OUT/best.pt on afterwards (val = CVACT_val,
 #               test = CVACT_test, 92,802 pairs; empty: none)                       val
@@ -35,6 +37,7 @@ BATCH=${BATCH:-12}
 LR=${LR:-1e-5}
 EPOCHS=${EPOCHS:-100}
 WORKERS=${WORKERS:-4}
+SEMI_POSITIVE_M=${SEMI_POSITIVE_M:-5}
 EVAL_SPLITS=${EVAL_SPLITS-val}
 # shellcheck source=scripts/recipe_common.sh
 source "$repo/scripts/recipe_common.sh"

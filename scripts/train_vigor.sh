@@ -20,6 +20,8 @@
 #   MINUTES     stop cleanly after this many minutes; run again to continue         unset
 #   WORKERS     image-decoding processes                                            4
 #   MODEL_CONFIG  a ModelConfig JSON for other sizes than the paper's (tests, small machines)
+#   SEMI_POSITIVE_M  metres: pairs this near are not negatives (half a 640 px tile;
+#               the labelled semi-positives are left out too; 0: off)                 36
 #   TRAIN_ARGS  further `cvm train` flags, appended as given
 #   EVAL        1: evaluate OUT/best.pt on the protocol's test split afterwards      1
 #   PY          Python of the project                                               .venv/bin/python
@@ -36,6 +38,7 @@ BATCH=${BATCH:-12}
 LR=${LR:-1e-5}
 EPOCHS=${EPOCHS:-100}
 WORKERS=${WORKERS:-4}
+SEMI_POSITIVE_M=${SEMI_POSITIVE_M:-36}
 EVAL=${EVAL:-1}
 case "$PROTOCOL" in same-area | cross-area) ;; *) echo "PROTOCOL must be same-area or cross-area" >&2; exit 2 ;; esac
 # shellcheck source=scripts/recipe_common.sh

@@ -82,14 +82,16 @@ def run_recipe(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[
     )
 
 
-def check_run(out: Path, steps: int) -> None:
-    """One epoch of `steps` steps of the paper preset from the imported initial weights."""
+def check_run(out: Path, steps: int, semi_positive_m: float) -> None:
+    """One epoch of `steps` steps of the paper preset from the imported initial weights, near
+    pairs (within `semi_positive_m`) left out of the negatives."""
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1] and history[0]["step"] == steps
     trained = load_checkpoint(out / "best.pt")
     cfg = trained.meta["train_config"]
     assert cfg["preset"] == "paper" and cfg["lr"] == 1e-5 and cfg["batch_size"] == 2
     assert cfg["init_weights"] == str(out / "init.pt")
+    assert cfg["semi_positive_m"] == semi_positive_m
     init = load_checkpoint(out / "init.pt")
     assert init.meta["train_config"]["imported_from"]["variant"] == "CVM-Net-I"  # from the TF files
     # the network is the imported one, and the steps moved its trainable weights
@@ -106,7 +108,7 @@ def test_vigor_recipe(tmp_path: Path, tf_init: tuple[Path, Path]) -> None:
         {"DATA": str(data), "INIT_TF": str(init_tf), "MODEL_CONFIG": str(config), "OUT": str(out)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    check_run(out, steps=2)  # 4 same-area training panoramas, 2 a step
+    check_run(out, steps=2, semi_positive_m=36.0)  # 4 same-area training panoramas, 2 a step
     report = json.loads((out / "eval-test.json").read_text())["protocol"]
     assert (report["dataset"], report["protocol"], report["queries"], report["gallery"]) == (
         "VIGOR",
@@ -131,7 +133,7 @@ def test_cvact_recipe(tmp_path: Path, tf_init: tuple[Path, Path]) -> None:
         {"DATA": str(data), "INIT_TF": str(init_tf), "MODEL_CONFIG": str(config), "OUT": str(out)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    check_run(out, steps=1)  # trainSet holds 2 pairs
+    check_run(out, steps=1, semi_positive_m=5.0)  # trainSet holds 2 pairs
     report = json.loads((out / "eval-val.json").read_text())["protocol"]
     assert (report["dataset"], report["queries"], report["gallery"]) == ("CVACT", 2, 2)
 

@@ -12,13 +12,15 @@ import faiss
 import torch
 
 from indexer import build as stages
-from indexer.errors import UsageError
+from indexer.errors import IndexerError, UsageError
 from indexer.params import BuildParams
 from indexer.publish import merge_stage
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
 from model.runtime import claim_pool, frozen_heap
 from storage import catalog
+from storage.budget import BudgetError
 from storage.db import make_engine, session_scope, upgrade
+from storage.faiss_index import choose_spec
 from storage.settings import Settings
 
 if TYPE_CHECKING:
@@ -162,6 +164,8 @@ def _stages(
         counts = {"planned": 0, "indexed": 0, "rejected": [list(r) for r in ctx.rejected]}
         _mark(ctx, status="failed", counts=counts)
         return BuildReport(ctx.build_id, "failed", ctx.resumed, counts, time.perf_counter() - t0)
+    if params.memory_budget is not None:
+        _check_budget(ctx, params, planned)
     t_embed = time.perf_counter()
     if cluster is not None and setup is not None:
         from indexer import ray_engine
@@ -187,6 +191,17 @@ def _stages(
         result.get("factory"),
         result.get("stats", {}),
     )
+
+
+def _check_budget(ctx: stages.BuildContext, params: BuildParams, planned: int) -> None:
+    """Refuse a memory budget that no index of the planned tiles fits before the embedding, which
+    may take hours (the merge checks again with the tiles actually kept)."""
+    try:
+        choose_spec(params.index_type, planned, ctx.loaded.config.descriptor_dim, params.memory_budget)
+    except BudgetError as exc:
+        counts = {"planned": planned, "indexed": 0, "rejected": [list(r) for r in ctx.rejected]}
+        _mark(ctx, status="failed", counts=counts)
+        raise IndexerError(f"--memory-budget: {exc}") from None
 
 
 def _mark(ctx: stages.BuildContext, status: str, counts: dict) -> None:

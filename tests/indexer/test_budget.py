@@ -248,10 +248,14 @@ def test_build_within_a_budget_and_info_prints_the_figures(
     assert "index          flat (IDMap2,Flat), 9 tiles within a budget of 1.0 GiB" in out
     assert f"bytes per tile {per_tile:,.1f} in RAM" in out
     assert "recall@10      1.000 against exact search (9 stored vectors as queries)" in out
-    # a budget no index of 9 tiles fits: refused by name, after embedding, exit 1
+    # a budget no index of 9 tiles fits: refused by name once planned, before any embedding, exit 1
+    shards_before = sorted(idx.rglob("shard-*.npz"))
     assert main([*build, "--memory-budget", "100B", "--fresh"]) == 1
     err = capsys.readouterr().err
     assert "--memory-budget: memory budget 100 B is too small for 9 tiles" in err
+    assert sorted(idx.rglob("shard-*.npz")) == shards_before  # nothing embedded
+    assert main([*common, "info", "--json", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "failed"  # not left as "building"
     # an index that cannot be read: the build's fields, the reason, exit 1
     (folder / fi.INDEX_FILE).write_bytes(b"damaged")
     assert main([*common, "info", "1"]) == 1

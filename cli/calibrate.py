@@ -81,16 +81,20 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             continue
-        feats = np.concatenate([np.asarray(q, float) for q in rows])
+        blocks = [np.atleast_2d(np.asarray(q, float)) for q in rows]
+        feats = np.concatenate(blocks)
+        groups = np.repeat(np.arange(len(blocks)), [len(b) for b in blocks])  # a query's rows
         try:
             familiarity[kind] = fit_familiarity(
-                feats, args.familiarity_components, args.familiarity_percentile
+                feats, args.familiarity_components, args.familiarity_percentile, groups=groups
             )
-        except ValueError as exc:
-            raise SystemExit(f"{kind}: {exc}") from exc
+        except ValueError as exc:  # too few answers of this kind: its confidence is still fitted
+            print(f"{kind}: no familiarity model: {exc}", file=sys.stderr)
+            continue
         f = familiarity[kind]
         print(
-            f"{kind}: familiarity of {len(feats)} queries, {len(f.variances)} components, threshold "
+            f"{kind}: familiarity of {len(blocks)} queries ({len(feats)} rows), {len(f.variances)} "
+            f"components, threshold "
             f"{f.threshold:.3f} (out-of-fold percentile {f.percentile:g})",
             file=sys.stderr,
         )

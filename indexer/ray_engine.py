@@ -176,7 +176,11 @@ def plan_resources(ray: Any, device: str, actors: int, torch_threads: int) -> Ra
         setup = RaySetup(n, 1, 1.0, torch_threads)
     else:
         n = actors or max(1, int(cpus // 2))
-        setup = RaySetup(n, 0, 1.0, torch_threads)
+        # Several CPU actors with one thread per core each would oversubscribe the cores: without
+        # --torch-threads they share the cluster's CPUs (one actor keeps one per core, the count
+        # the local engine uses, so that its vectors equal the local engine's by default).
+        threads = torch_threads or (0 if n == 1 else max(1, int(cpus // n)))
+        setup = RaySetup(n, 0, 1.0, threads)
     if cpus - setup.actors * setup.cpus < 1:
         raise UsageError(
             f"{setup.actors} embedding actor(s) of {setup.cpus:g} CPU would leave none of the Ray "

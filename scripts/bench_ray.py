@@ -47,7 +47,8 @@ def one_build(raster: Path, weights: Path, args: argparse.Namespace, work: Path,
     opts = BuildOptions(
         imagery=(str(raster),),
         batch_size=args.batch_size,
-        torch_threads=args.torch_threads,
+        # resolved here, so that every engine and actor computes with the same count (equal vectors)
+        torch_threads=pool_size(args.torch_threads),
         progress=False,
         resume=False,
         activate=False,

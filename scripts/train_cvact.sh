@@ -49,6 +49,7 @@ train_from_init "$DATA"
 
 # 3. CVACT's own figures (R@1/5/10/1%, the same within 5 m, metre-level error) per split.
 for split in $EVAL_SPLITS; do
-    cvm eval --weights "$OUT/best.pt" --data "$DATA" --split "$split" --json >"$OUT/eval-$split.json"
+    cvm eval --weights "$OUT/best.pt" --data "$DATA" --split "$split" --device "$DEVICE" \
+        --workers "$WORKERS" --json >"$OUT/eval-$split.json"
     echo "evaluation: $OUT/eval-$split.json"
 done

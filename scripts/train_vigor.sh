@@ -50,6 +50,7 @@ train_from_init "$DATA@$PROTOCOL"
 
 # 3. VIGOR's own figures (R@1/5/10/1%, hit rate, metre-level error) on the test split.
 if [ "$EVAL" = 1 ]; then
-    cvm eval --weights "$OUT/best.pt" --data "$DATA@$PROTOCOL" --split test --json >"$OUT/eval-test.json"
+    cvm eval --weights "$OUT/best.pt" --data "$DATA@$PROTOCOL" --split test --device "$DEVICE" \
+        --workers "$WORKERS" --json >"$OUT/eval-test.json"
     echo "evaluation: $OUT/eval-test.json"
 fi

@@ -31,7 +31,7 @@ from numpy.typing import ArrayLike
 
 from model.checkpoint import CheckpointError
 from service.estimate import FEATURES, Estimate, EstimateParams
-from service.familiarity import BLOCKS, Familiarity
+from service.familiarity import BLOCKS, Familiarity, feature_dim
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,18 @@ def load_calibration(weights: Path, weights_sha256: str) -> Calibration | None:
         return None
     log.info("calibration %s", path)
     return cal
+
+
+def check_fits_model(cal: Calibration | None, model: Any, where: Path) -> None:
+    """Refuse (CheckpointError naming `where`) familiarity models that read other VGG blocks or
+    another number of features than `model` gives: otherwise every query would fail to score."""
+    for kind, fam in ({} if cal is None else cal.familiarity).items():
+        dim = feature_dim(model, fam.blocks)
+        if dim != fam.dim:
+            raise CheckpointError(
+                f"{where}: the {kind} familiarity model reads {fam.dim} features of VGG blocks "
+                f"{list(fam.blocks)}, these weights give {dim if dim is not None else 'none'}"
+            )
 
 
 @dataclass(frozen=True)

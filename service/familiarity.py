@@ -174,23 +174,34 @@ def fit_familiarity(
     folds: int = DEFAULT_FOLDS,
     blocks: tuple[int, ...] = BLOCKS,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> Familiarity:
     """The model of in-distribution `features` (n, dim): PCA on all of them, the threshold at
-    `percentile` of out-of-fold scores (each of `folds` seeded folds scored by a model fitted on
-    the rest, so the threshold is set on queries the scoring model has not seen)."""
+    `percentile` of out-of-fold query scores (each of `folds` seeded folds scored by a model
+    fitted on the rest, so the threshold is set on queries the scoring model has not seen).
+
+    `groups` (n,) names the query of each row when a query has several (a photo tried at several
+    headings); a query scores as its most familiar row, as `Familiarity.familiar` judges it, so
+    the threshold is a percentile of those minima and a query's rows share one fold. Without
+    `groups` each row is a query."""
     x = np.asarray(features, float)
-    if x.ndim != 2 or len(x) < 2 * folds:
+    g = np.arange(len(x)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    queries = int(g.max()) + 1 if len(g) else 0
+    if x.ndim != 2 or len(g) != len(x) or queries < 2 * folds:
         raise ValueError(
-            f"familiarity: need at least {2 * folds} queries of (n, dim) features, got {x.shape}"
+            f"familiarity: need at least {2 * folds} queries of (n, dim) features, got {queries} "
+            f"queries in {x.shape} features"
         )
     if not 0 < percentile < 100:
         raise ValueError(f"familiarity: percentile must lie in (0, 100), got {percentile}")
-    fold = np.random.default_rng(seed).permutation(len(x)) % folds
+    fold = (np.random.default_rng(seed).permutation(queries) % folds)[g]
     held_out = np.empty(len(x))
     for f in range(folds):
         held_out[fold == f] = _fit_pca(x[fold != f], components, blocks).score(x[fold == f])
+    per_query = np.full(queries, np.inf)
+    np.minimum.at(per_query, g, held_out)
     model = _fit_pca(x, components, blocks)
-    threshold = float(np.percentile(held_out, percentile))
+    threshold = float(np.percentile(per_query, percentile))
     return Familiarity(
         mean=model.mean,
         scale=model.scale,
@@ -200,8 +211,25 @@ def fit_familiarity(
         threshold=threshold,
         percentile=float(percentile),
         blocks=blocks,
-        fitted_on=len(x),
+        fitted_on=queries,
     )
+
+
+def feature_dim(model: nn.Module | None, blocks: Sequence[int]) -> int | None:
+    """How many features `BlockMoments` takes from `blocks` of the model's ground VGG: a mean and
+    a spread per output channel of each block; None when the model has no such blocks."""
+    import torch
+
+    modules = getattr(getattr(model, "vgg_ground", None), "blocks", None)
+    if modules is None or not blocks or max(blocks) >= len(modules) or min(blocks) < 0:
+        return None
+    channels = 0
+    for b in blocks:
+        convs = [m for m in modules[b].modules() if isinstance(m, torch.nn.Conv2d)]
+        if not convs:
+            return None
+        channels += convs[-1].out_channels
+    return 2 * channels
 
 
 class BlockMoments:

@@ -15,7 +15,7 @@ import torch
 from model.checkpoint import LoadedModel, file_sha256, load_checkpoint
 from model.config import ModelConfig, Preprocessing
 from model.transforms import heading_inputs, input_size, prepare_ground, prepare_photo
-from service.calibration import Calibration, load_calibration
+from service.calibration import Calibration, check_fits_model, load_calibration, sidecar_path
 from service.imaging import decode_upload, kind_of_size
 
 KINDS = ("panorama", "photo")
@@ -48,7 +48,9 @@ class Localizer:
         loaded = load_checkpoint(path, device=device)
         sha = file_sha256(path)
         # The calibration sidecar beside the weights (CheckpointError naming it when unreadable).
-        return cls(loaded, sha, max_pixels, load_calibration(Path(path), sha))
+        calibration = load_calibration(Path(path), sha)
+        check_fits_model(calibration, loaded.model, sidecar_path(Path(path)))
+        return cls(loaded, sha, max_pixels, calibration)
 
     @property
     def preprocessing(self) -> Preprocessing:

@@ -96,9 +96,10 @@ class IndexSnapshot:
 
         `allowed` (tile ids, ascending: `select`) restricts the search to those tiles, and the
         answer equals the index's exhaustive ranking with every other tile taken out: flat and
-        HNSW indexes score the allowed tiles' stored vectors exactly (HNSW's graph is not used);
-        IVF indexes scan all their lists with a FAISS IDSelector (`nprobe` = nlist). Ties are
-        ordered by row (flat, HNSW) or by tile id (IVF).
+        HNSW indexes score the allowed tiles' stored vectors exactly (HNSW's graph is not used),
+        as do IVF indexes that keep their exact vectors (`RerankView`); other IVF indexes scan
+        all their lists with a FAISS IDSelector (`nprobe` = nlist). Ties are ordered by row
+        (flat, HNSW) or by tile id (IVF).
         """
         if allowed is not None:
             return self._search_within(queries, k, allowed)
@@ -110,8 +111,12 @@ class IndexSnapshot:
 
     @cached_property
     def _exact(self) -> FlatView | None:
-        """Exact search over the stored float32 vectors: the flat view, or one of HNSW's storage."""
-        return self.flat if self.flat is not None else FlatView.of(self.index, hnsw=True)
+        """Exact search over the stored float32 vectors: the flat view, or one of HNSW's storage
+        (one pass, with no int8 copy: an HNSW index chosen under a memory budget was sized
+        without one, `storage.faiss_index.serving_bytes`)."""
+        if self.flat is not None:
+            return self.flat
+        return FlatView.of(self.index, min_values_two_pass=2**62, hnsw=True)
 
     def _search_within(
         self, queries: np.ndarray, k: int, allowed: np.ndarray

@@ -12,7 +12,8 @@ built index), not autofaiss's rougher estimate:
    build an HNSW with the given memory constraints, it's the best");
 3. otherwise OPQ + IVF + PQ with 8-bit codes: the most sub-quantizers m (256, 128, 64, 48, 32, 24,
    16, 8, 4, fewer than the dimensions) whose codes, ids and fixed tables fit; OPQ rotates to
-   d' = (min(d // m, 6) + 1) * m dims, a multiple of m slightly above d / m * m; nlist is
+   d' = (min(d // m, 6) + 1) * m dims (a multiple of m, at most 7 m: 448 for d 1,024 and
+   m 64, as autofaiss reduces); nlist is
    autofaiss's first choice for n (4 sqrt(n) rounded to a power of two below 1M vectors,
    16,384 below 10M, 65,536 above), with an HNSW32 coarse quantizer from 1,000 lists on.
    Such an index keeps the exact vectors on disk for re-ranking (`faiss_index.ExactVectors`).

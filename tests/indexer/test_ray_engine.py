@@ -99,6 +99,9 @@ def test_pool_one_gpu_per_actor_when_the_cluster_has_gpus() -> None:
     assert ray_engine.plan_resources(_fake_ray(CPU=32, GPU=4), "auto", 2, 0).actors == 2
     cpu = ray_engine.plan_resources(_fake_ray(CPU=32, GPU=4), "cpu", 0, 3)
     assert (cpu.actors, cpu.gpus, cpu.device, cpu.threads) == (16, 0, "cpu", 3)
+    # without --torch-threads, 16 CPU actors share the 32 CPUs instead of taking a thread per core each
+    shared = ray_engine.plan_resources(_fake_ray(CPU=32, GPU=4), "cpu", 0, 0)
+    assert (shared.actors, shared.threads) == (16, 2)
     with pytest.raises(UsageError, match="more GPU actors than the cluster's 4 GPUs"):
         ray_engine.plan_resources(_fake_ray(CPU=32, GPU=4), "auto", 5, 0)
 
@@ -106,6 +109,7 @@ def test_pool_one_gpu_per_actor_when_the_cluster_has_gpus() -> None:
 def test_pool_leaves_cpus_to_the_readers() -> None:
     setup = ray_engine.plan_resources(_fake_ray(CPU=2), "auto", 0, 0)
     assert (setup.actors, setup.gpus, setup.cpus) == (1, 0, 1.0)  # 1 CPU embeds, 1 reads
+    assert setup.threads == 0  # a single actor: one thread per core, as the local engine
     with pytest.raises(UsageError, match="would leave none of the Ray cluster's 2 CPUs to read tiles"):
         ray_engine.plan_resources(_fake_ray(CPU=2), "auto", 2, 0)
     with pytest.raises(UsageError, match="--device cuda asked for, but the Ray cluster has no GPU"):

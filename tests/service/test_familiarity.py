@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from model.checkpoint import CheckpointError
+from model.checkpoint import CheckpointError, file_sha256
+from model.weights import default_weights_path
 from service.calibration import FORMAT, NO_MATCH_NOTE, Calibration, Logistic, load_calibration, sidecar_path
 from service.catalog import TilePlace
 from service.familiarity import (
@@ -25,6 +27,7 @@ from service.familiarity import (
     encode_array,
     fit_familiarity,
 )
+from service.localizer import Localizer
 from service.locate import locate
 
 DIM = 20
@@ -61,6 +64,20 @@ def test_threshold_rejects_the_asked_share_of_held_out_points() -> None:
     rejected = float(np.mean(model.score(gaussian(20_000, 1)) > model.threshold))
     assert rejected == pytest.approx(0.05, abs=0.015)
     assert model.percentile == 95.0 and model.fitted_on == 2000 and len(model.variances) == 8
+
+
+def test_queries_of_several_rows_are_judged_as_fitted() -> None:
+    """A query of 4 rows (a photo at 4 headings) counts its most familiar row; fitted with its
+    groups, the threshold rejects the asked share of such held-out queries, not about none."""
+    rows = 4
+    groups = np.repeat(np.arange(2000), rows)
+    model = fit_familiarity(gaussian(2000 * rows, 0), components=8, percentile=95.0, groups=groups)
+    fresh = gaussian(5000 * rows, 1).reshape(5000, rows, DIM)
+    rejected = float(np.mean([not model.familiar(q)[0] for q in fresh]))
+    assert rejected == pytest.approx(0.05, abs=0.015)
+    assert model.fitted_on == 2000
+    with pytest.raises(ValueError, match="need at least 10 queries"):
+        fit_familiarity(gaussian(40, 0), groups=np.repeat(np.arange(9), [5, 5, 5, 5, 4, 4, 4, 4, 4]))
 
 
 def test_shifted_points_are_unfamiliar() -> None:
@@ -270,3 +287,22 @@ def test_locate_caps_an_unfamiliar_query_and_never_calls_it_confident(cap: float
     for kind, feats in (("panorama", None), ("photo", far)):
         unjudged = locate(tiles, scores, kind, (70.0, 35.0), cal, feats)
         assert unjudged is not None and unjudged.reason is None and unjudged.familiarity is None
+
+
+def test_a_familiarity_model_that_does_not_fit_the_weights_stops_the_start(tmp_path: Path) -> None:
+    """A sidecar for these weights whose familiarity model reads another number of features than
+    the model's VGG blocks give (2 x their 16 + 32 + 64 output channels = 224 for the shipped
+    weights) is refused by name at load, not met as an error on every query."""
+    weights = tmp_path / "w.pt"
+    shutil.copyfile(default_weights_path(), weights)
+    sha = file_sha256(weights)
+    rng = np.random.default_rng(0)
+    _calibration({"panorama": fit_familiarity(rng.normal(size=(300, 224)), components=4)}, sha).save(
+        sidecar_path(weights)
+    )
+    assert Localizer.from_checkpoint(weights).calibration is not None  # 224 features: fits
+    wrong = fit_familiarity(gaussian(300, 0), components=4)  # DIM = 20 features
+    _calibration({"panorama": wrong}, sha).save(sidecar_path(weights))
+    refused = r"w\.calibration\.json: the panorama familiarity model reads 20 features"
+    with pytest.raises(CheckpointError, match=refused):
+        Localizer.from_checkpoint(weights)

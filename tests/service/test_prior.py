@@ -250,3 +250,15 @@ def test_localize_cli_prior(
     assert "bbox west (16) must be less than east (15)" in capsys.readouterr().err
     assert _cli([str(photo), "--bbox", "100,10,101,11"]) == 2
     assert "no tile of build" in capsys.readouterr().err
+
+
+def test_prior_search_on_hnsw_keeps_no_int8_copy() -> None:
+    """An HNSW index chosen under a memory budget is sized without the int8 copy the flat index's
+    two-pass search keeps, so prior searches over its vectors must not build one, even at a size
+    (2,100 x 4,096 values) where a flat index would."""
+    snap, queries = _snapshot("hnsw", n=2100, d=4096)
+    allowed = np.sort(np.array(list(snap.tiles))[:50])
+    scores, ids = snap.search(queries, 5, allowed)
+    assert np.isin(ids[ids >= 0], allowed).all()
+    exact = snap._exact
+    assert exact is not None and exact.int8 is None

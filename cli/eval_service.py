@@ -72,7 +72,7 @@ def collect(args: argparse.Namespace, calibration_arg: str | None):  # type: ign
     from cli.service_eval import answer_world, load_records, save_records
     from model.checkpoint import file_sha256, load_checkpoint
     from model.weights import default_weights_path
-    from service.calibration import Calibration
+    from service.calibration import Calibration, check_fits_model
     from service.localizer import Localizer
     from storage.settings import Settings
 
@@ -84,6 +84,7 @@ def collect(args: argparse.Namespace, calibration_arg: str | None):  # type: ign
         localizer = Localizer.from_checkpoint(weights)
     if calibration_arg and calibration_arg != "none":
         localizer.calibration = Calibration.from_json(json.loads(Path(calibration_arg).read_text()))
+        check_fits_model(localizer.calibration, localizer.model, Path(calibration_arg))
     if args.records:
         records = load_records(args.records)
     else:

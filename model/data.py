@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -422,6 +422,20 @@ class VoHaysDataset(PairDataset):
         super().__init__(records, prep, augment, 0.0, seed)
 
 
+def ground_table_rows(table: Path, columns: set[str]) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """(line number, key, row) of a world's `ground.csv`, after checking that it has `columns`
+    (DatasetError naming the file otherwise). Numeric ids are zero-padded to the 7 digits of the
+    CVUSA export, so keys match the pair records'."""
+    with table.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        absent = columns - set(reader.fieldnames or ())
+        if absent:
+            raise DatasetError(f"{table} lacks column(s) {', '.join(sorted(absent))}")
+        for lineno, row in enumerate(reader, start=2):
+            key = row["id"].strip()
+            yield lineno, key.zfill(7) if key.isdigit() else key, row
+
+
 def read_world_photos(world_dir: str | Path) -> dict[str, tuple[Path, float]]:
     """Photo queries of a synthetic world: key -> (photo path, horizontal FOV in degrees).
 
@@ -434,18 +448,11 @@ def read_world_photos(world_dir: str | Path) -> dict[str, tuple[Path, float]]:
     if not table.is_file():
         raise DatasetError(f"photo queries need {table} (is {world} a synthetic world folder?)")
     photos: dict[str, tuple[Path, float]] = {}
-    with table.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        absent = {"id", "fov_deg"} - set(reader.fieldnames or ())
-        if absent:
-            raise DatasetError(f"{table} lacks column(s) {', '.join(sorted(absent))}")
-        for lineno, row in enumerate(reader, start=2):
-            key = row["id"].strip()
-            key = key.zfill(7) if key.isdigit() else key
-            try:
-                fov = float(row["fov_deg"])
-            except ValueError as exc:
-                raise DatasetError(f"{table}:{lineno}: bad fov_deg {row['fov_deg']!r}") from exc
-            name = (row.get("photo_file") or "").strip() or f"photos/{key}.jpg"
-            photos[key] = (world / name, fov)
+    for lineno, key, row in ground_table_rows(table, {"id", "fov_deg"}):
+        try:
+            fov = float(row["fov_deg"])
+        except ValueError as exc:
+            raise DatasetError(f"{table}:{lineno}: bad fov_deg {row['fov_deg']!r}") from exc
+        name = (row.get("photo_file") or "").strip() or f"photos/{key}.jpg"
+        photos[key] = (world / name, fov)
     return photos

@@ -22,7 +22,6 @@ extent is handled alike. Pairs of different `--data` folders never count as near
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from model.data import (
     PairOptions,
     SampleFailure,
     collate_pairs,
+    ground_table_rows,
 )
 from model.metrics import haversine_m
 from model.transforms import load_image_rgb
@@ -179,18 +179,11 @@ def crop_ortho(ortho: np.ndarray, x_px: float, y_px: float, side_px: float, out_
 def read_ground_latlon(path: Path) -> dict[str, tuple[float, float]]:
     """key (7-digit id) -> (lat, lon) from a world's ground.csv."""
     out: dict[str, tuple[float, float]] = {}
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        absent = {"id", "lat", "lon"} - set(reader.fieldnames or ())
-        if absent:
-            raise DatasetError(f"{path} lacks column(s) {', '.join(sorted(absent))}")
-        for lineno, row in enumerate(reader, start=2):
-            key = row["id"].strip()
-            key = key.zfill(7) if key.isdigit() else key
-            try:
-                out[key] = (float(row["lat"]), float(row["lon"]))
-            except ValueError as exc:
-                raise DatasetError(f"{path}:{lineno}: bad lat/lon ({exc})") from exc
+    for lineno, key, row in ground_table_rows(path, {"id", "lat", "lon"}):
+        try:
+            out[key] = (float(row["lat"]), float(row["lon"]))
+        except ValueError as exc:
+            raise DatasetError(f"{path}:{lineno}: bad lat/lon ({exc})") from exc
     return out
 
 

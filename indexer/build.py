@@ -74,6 +74,7 @@ class BuildOptions:
     read_threads: int = 0  # 0: default_read_threads()
     progress: bool = True
     memory_budget: int | None = None  # bytes the index may take in RAM (--memory-budget)
+    region_km: float | None = None  # side of the region shards (--region-km; None: one index)
     # torch threads of the forward pass, for either engine (0: one per core of its machine)
     torch_threads: int = 0
     # "local" (this process) or "ray" (indexer.ray_engine); not part of the fingerprint: both
@@ -137,6 +138,7 @@ def make_params(opts: BuildOptions, ctx: BuildContext) -> BuildParams:
         missing_inputs=tuple(missing),
         weights_sha256=ctx.weights_sha256,
         memory_budget=opts.memory_budget,
+        region_km=opts.region_km,
     )
 
 

@@ -38,6 +38,13 @@ def _build_args(p: argparse.ArgumentParser) -> None:
         help="RAM the index may take, e.g. 512MB or 2GiB: the best index that fits (flat, HNSW, "
         "or OPQ+IVF+PQ re-ranked with the exact vectors kept on disk); with --index-type auto",
     )
+    p.add_argument(
+        "--region-km",
+        type=_region_km,
+        metavar="KM",
+        help="split the index into region shards of about KM x KM km (the service searches only "
+        "the regions a prior reaches; see docs/scale.md); default: one index",
+    )
     p.add_argument("--no-activate", action="store_true", help="publish without making it the served build")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
@@ -87,6 +94,17 @@ def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _region_km(text: str) -> float:
+    from storage.regions import REGION_KM_MAX, REGION_KM_MIN
+
+    value = _positive(text)
+    if not REGION_KM_MIN <= value <= REGION_KM_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be between {REGION_KM_MIN:g} and {REGION_KM_MAX:g} km, got {text}"
+        )
     return value
 
 

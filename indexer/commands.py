@@ -18,7 +18,7 @@ from indexer.dryrun import DryRunReport
 from indexer.errors import UsageError
 from indexer.runner import BuildReport, run_build, run_dry
 from indexer.verify import verify_build
-from storage import catalog, faiss_index
+from storage import catalog, regions
 from storage.db import make_engine, session_scope, upgrade
 from storage.errors import StorageError
 from storage.models import Build, Tile
@@ -56,6 +56,7 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
         read_threads=args.read_threads if args.read_threads > 0 else default_read_threads(),
         progress=not args.no_progress,
         memory_budget=args.memory_budget,
+        region_km=args.region_km,
         torch_threads=args.torch_threads,
         engine=args.engine,
         ray_address=args.ray_address,
@@ -159,7 +160,7 @@ def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
     figures: dict[str, Any] | None = None
     if d["index_path"]:
         try:
-            figures = faiss_index.index_figures(Path(d["index_path"]), max(0, args.queries))
+            figures = regions.build_figures(Path(d["index_path"]), max(0, args.queries))
         except StorageError as exc:  # the build's fields still say what it is; exit 1
             figures = {"error": str(exc)}
     failed = figures is not None and "error" in figures
@@ -178,9 +179,15 @@ def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_figures(f: dict[str, Any]) -> None:
-    """The index's figures (`storage.faiss_index.index_figures`), one per line."""
+    """The index's figures (`storage.regions.build_figures`), one per line."""
     budget = f" within a budget of {_bytes(f['memory_budget'])}" if f["memory_budget"] else ""
     print(f"index          {f['index_type']} ({f['factory']}), {f['ntotal']:,} tiles{budget}")
+    if f.get("regions"):
+        regions = f"{len(f['regions'])} of about {f['region_km']:g} km"
+        print(f"regions        {regions}, a prior's search reads only those it reaches")
+        for r in f["regions"]:
+            w, s, e, n = r["bbox"]
+            print(f"  {r['name']}  {r['ntotal']:>9,} tiles  centres in {w:.5f},{s:.5f},{e:.5f},{n:.5f}")
     kept = " (with the exact vectors kept for re-ranking)" if f["exact_vectors"] else ""
     print(
         f"bytes per tile {f['ram_bytes_per_tile']:,.1f} in RAM (the loaded index), "

@@ -46,7 +46,7 @@ class FileIdent(NamedTuple):
 FINGERPRINT_KEYS = ("inputs", "tiles_csv", "tile_size_m", "stride_m", "index_type")
 # Keys that join the identity only when set: builds written before they existed (without them)
 # keep their fingerprint, so they still resume and load.
-OPTIONAL_FINGERPRINT_KEYS = ("memory_budget",)
+OPTIONAL_FINGERPRINT_KEYS = ("memory_budget", "region_km")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ class BuildParams:
     file; weights_sha256: the weights' hash (stored in `Build.weights_sha256`, not in the
     JSON); sources: how each raster is read, once planning has inspected them (None before);
     memory_budget: bytes the index may take in RAM (`--memory-budget`; None: no budget, the
-    index type decides).
+    index type decides); region_km: side of the region shards the index is split into
+    (`--region-km`, `storage.regions`; None: one index).
     """
 
     inputs: tuple[FileIdent, ...]
@@ -75,6 +76,7 @@ class BuildParams:
     weights_sha256: str
     sources: tuple[RasterInfo, ...] | None = None
     memory_budget: int | None = None
+    region_km: float | None = None
 
     def fingerprint(self) -> str:
         """Identity of the build's inputs: same fingerprint = the same index (resumable).
@@ -108,8 +110,10 @@ class BuildParams:
         return d
 
     def _json_fields(self) -> dict[str, Any]:
-        # the budget only when given, after the keys of earlier versions
-        budget = {} if self.memory_budget is None else {"memory_budget": self.memory_budget}
+        # the budget and the regions only when given, after the keys of earlier versions
+        budget: dict[str, Any] = {} if self.memory_budget is None else {"memory_budget": self.memory_budget}
+        if self.region_km is not None:
+            budget["region_km"] = self.region_km
         return {
             "inputs": [list(f) for f in self.inputs],
             "tiles_csv": None if self.tiles_csv is None else list(self.tiles_csv),
@@ -141,6 +145,7 @@ class BuildParams:
                 weights_sha256=weights_sha256,
                 sources=None if sources is None else tuple(RasterInfo.from_dict(d) for d in sources.values()),
                 memory_budget=None if stored.get("memory_budget") is None else int(stored["memory_budget"]),
+                region_km=None if stored.get("region_km") is None else float(stored["region_km"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexerError(

@@ -5,8 +5,9 @@ Order (each step idempotent, so a build killed anywhere here resumes by redoing 
      corrupt raster found mid-embedding leaves none of its tiles), in one transaction;
   2. train/add the index from the shards (within --memory-budget when given); a compressed index
      keeps the exact vectors for re-ranking; measure recall@10 for approximate types;
-  3. write index.faiss + index_meta.json into `.build-<id>.tmp`, fsync, rename to `build-<id>`;
-     then the overview of the imagery into that folder (indexer.overview; optional);
+  3. write index.faiss + index_meta.json into `.build-<id>.tmp` (with --region-km, one index per
+     region under shards/, `storage.regions`), fsync, rename to `build-<id>`; then the overview
+     of the imagery into that folder (indexer.overview; optional);
   4. one transaction: status, counts, stats, index_path, and (unless --no-activate) activation.
 The served build changes only in step 4.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ from indexer.embed import NODATA, OK, Shard, load_shard, shard_files
 from indexer.errors import IndexerError
 from indexer.overview import write_build_overview
 from indexer.params import BuildParams
-from storage import catalog, faiss_index
+from storage import catalog, faiss_index, regions
 from storage.db import session_scope
 from storage.models import Tile
 
@@ -93,51 +94,68 @@ def drop_tiles(ctx: BuildContext, plan: MergePlan) -> None:
         catalog.delete_tiles(session, [int(i) for i in plan.drop])
 
 
-def _kept_blocks(ctx: BuildContext, bad: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) of the kept tiles (OK and not of a failed file), shard by shard, in id order."""
+def _kept_blocks(
+    ctx: BuildContext, bad: np.ndarray, only: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of the kept tiles (OK and not of a failed file), shard by shard, in id
+    order; with `only` (ids, ascending), just those of them."""
     for shard in _shards(ctx.work_dir / "shards"):
         mask = (shard.status == OK) & ~np.isin(shard.ids, bad)
+        if only is not None:
+            mask &= np.isin(shard.ids, only)
         if mask.any():
             yield shard.ids[mask], np.ascontiguousarray(shard.vectors[mask])
 
 
-def _every(ctx: BuildContext, plan: MergePlan, count: int) -> np.ndarray:
-    """About `count` kept vectors spread evenly over the build (training sample, recall queries)."""
-    step = max(1, len(plan.keep) // max(count, 1))
-    wanted = plan.keep[::step][:count]
-    parts = [v[np.isin(i, wanted)] for i, v in _kept_blocks(ctx, plan.bad)]
+def _every(ctx: BuildContext, plan: MergePlan, count: int, keep: np.ndarray | None = None) -> np.ndarray:
+    """About `count` of the kept vectors (of `keep`, default all) spread evenly over their ids
+    (training sample, recall queries)."""
+    keep = plan.keep if keep is None else keep
+    step = max(1, len(keep) // max(count, 1))
+    wanted = keep[::step][:count]
+    parts = [v[np.isin(i, wanted)] for i, v in _kept_blocks(ctx, plan.bad, keep)]
     return np.concatenate(parts).astype(np.float32)
 
 
 def build_index(
-    ctx: BuildContext, plan: MergePlan, kind: str, use_gpu: bool, budget: int | None = None
+    ctx: BuildContext,
+    plan: MergePlan,
+    kind: str,
+    use_gpu: bool,
+    budget: int | None = None,
+    keep: np.ndarray | None = None,
+    label: str = "",
 ) -> tuple[Any, Any, dict]:
-    """Train and fill the index over the kept tiles; returns (index, spec, stats).
+    """Train and fill the index over the kept tiles (of `keep`, ascending ids: one region; default
+    all); returns (index, spec, stats).
 
     With a memory `budget` (bytes) the index is the best that fits it. A compressed index keeps
     the exact vectors (written to the work folder here, moved beside the index by write_index)
     and its recall@10 is measured with and without their re-rank."""
     d = ctx.loaded.config.descriptor_dim
+    ids = plan.keep if keep is None else keep
+    only = None if keep is None else keep
     try:
-        spec = faiss_index.choose_spec(kind, len(plan.keep), d, budget)
+        spec = faiss_index.choose_spec(kind, len(ids), d, budget)
     except ValueError as exc:
-        raise IndexerError(f"--memory-budget: {exc}") from None
+        raise IndexerError(f"--memory-budget: {label}{exc}") from None
     index = faiss_index.new_index(spec, d)
     if not index.is_trained:
-        index = faiss_index.train(index, spec, _every(ctx, plan, spec.train_size), use_gpu)
-    for ids, vectors in _kept_blocks(ctx, plan.bad):
-        index.add_with_ids(vectors, ids)
+        index = faiss_index.train(index, spec, _every(ctx, plan, spec.train_size, ids), use_gpu)
+    for block_ids, vectors in _kept_blocks(ctx, plan.bad, only):
+        index.add_with_ids(vectors, block_ids)
     stats: dict[str, Any] = {"index_bytes": faiss_index.index_bytes(index)}
     if budget is not None:
         stats["memory_budget"] = budget
     if spec.rerank:
-        blocks = _kept_blocks(ctx, plan.bad)
-        exact = faiss_index.write_exact_vectors(ctx.work_dir / "exact", blocks, len(plan.keep), d)
+        blocks = _kept_blocks(ctx, plan.bad, only)
+        folder = ctx.work_dir / ("exact" if keep is None else f"exact-{label.strip(': ')}")
+        exact = faiss_index.write_exact_vectors(folder, blocks, len(ids), d)
         faiss_index.attach_exact(index, exact)
     if spec.kind != "flat":
-        queries = _every(ctx, plan, faiss_index.RECALL_QUERIES)
-        db = (v for _, v in _kept_blocks(ctx, plan.bad))
-        plain, served = faiss_index.measure_recalls(index, queries, db, plan.keep, (False, None))
+        queries = _every(ctx, plan, faiss_index.RECALL_QUERIES, ids)
+        db = (v for _, v in _kept_blocks(ctx, plan.bad, only))
+        plain, served = faiss_index.measure_recalls(index, queries, db, ids, (False, None))
         stats["recall_at_10"] = round(served, 4)
         if spec.rerank:
             stats["recall_at_10_no_rerank"] = round(plain, 4)
@@ -145,11 +163,38 @@ def build_index(
     return index, spec, stats
 
 
-def write_and_rename(ctx: BuildContext, index: Any, meta: dict[str, Any]) -> Path:
-    """Write the index under a temporary folder name, then rename it to the build's folder."""
+def build_regions(
+    ctx: BuildContext, plan: MergePlan, params: BuildParams, use_gpu: bool
+) -> Iterator[tuple[regions.Region, Any, Any, dict]]:
+    """(region, index, spec, stats) of each region shard (`--region-km`), one at a time (only
+    one region's index is in memory). A memory budget is shared by the regions in proportion
+    to their tiles."""
+    assert params.region_km is not None
+    ids, lats, lons = _centres(ctx, plan.keep)
+    n = max(len(ids), 1)
+    for region, keep in regions.group_by_region(ids, lats, lons, params.region_km):
+        budget = None if params.memory_budget is None else params.memory_budget * len(keep) // n
+        label = f"region {region.name}: "
+        index, spec, stats = build_index(ctx, plan, params.index_type, use_gpu, budget, keep, label)
+        yield region, index, spec, stats
+
+
+def _centres(ctx: BuildContext, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, lats, lons) of the kept tiles, ids ascending."""
+    with session_scope(ctx.engine) as session:
+        stmt = select(Tile.id, Tile.lat, Tile.lon).where(Tile.build_id == ctx.build_id).order_by(Tile.id)
+        rows = np.array(session.execute(stmt).all(), dtype=np.float64).reshape(-1, 3)
+    ids = rows[:, 0].astype(np.int64)
+    mask = np.isin(ids, keep)
+    return ids[mask], rows[mask, 1], rows[mask, 2]
+
+
+def write_and_rename(ctx: BuildContext, write: Callable[[Path], None]) -> Path:
+    """Write the index under a temporary folder name (`write(folder)`), then rename it to the
+    build's folder."""
     tmp = ctx.index_root / f".build-{ctx.build_id}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    faiss_index.write_index(index, tmp, meta)
+    write(tmp)
     final = ctx.final_dir
     # A folder left by a run killed between this rename and the final transaction is not
     # referenced by any build row yet, so replacing it is safe.
@@ -157,6 +202,60 @@ def write_and_rename(ctx: BuildContext, index: Any, meta: dict[str, Any]) -> Pat
     os.replace(tmp, final)
     faiss_index.fsync_path(ctx.index_root)
     return final
+
+
+def _index_meta(ctx: BuildContext, params: BuildParams, spec: Any = None) -> dict[str, Any]:
+    """index_meta.json's build fields (and an index's own, given its spec)."""
+    meta: dict[str, Any] = {"weights_sha256": ctx.weights_sha256, "build_id": ctx.build_id}
+    if spec is not None:
+        meta |= {"factory": spec.factory, "index_type": spec.kind}
+        meta |= {"nprobe": spec.nprobe} if spec.nprobe else {}
+    if params.memory_budget is not None:
+        meta["memory_budget"] = params.memory_budget
+    return meta
+
+
+def write_single(
+    ctx: BuildContext, plan: MergePlan, params: BuildParams, use_gpu: bool
+) -> tuple[Path, Any, dict[str, Any]]:
+    """One index over every kept tile, published; returns (folder, spec, stats)."""
+    index, spec, stats = build_index(ctx, plan, params.index_type, use_gpu, params.memory_budget)
+    meta = _index_meta(ctx, params, spec)
+    folder = write_and_rename(ctx, lambda tmp: faiss_index.write_index(index, tmp, meta))
+    return folder, spec, stats
+
+
+def write_regions(
+    ctx: BuildContext, plan: MergePlan, params: BuildParams, use_gpu: bool
+) -> tuple[Path, Any, dict[str, Any]]:
+    """One index per region (`--region-km`), published together; returns (folder, a spec
+    standing for them all, stats: the regions' summed bytes, their tile-weighted recall)."""
+    specs: list[Any] = []
+    done: list[tuple[int, dict]] = []
+
+    def parts() -> Iterator[tuple[regions.Region, Any, dict[str, Any]]]:
+        for region, index, spec, stats in build_regions(ctx, plan, params, use_gpu):
+            specs.append(spec)
+            done.append((region.ntotal, stats))
+            yield region, index, _index_meta(ctx, params, spec) | {"region": region.name}
+
+    top = _index_meta(ctx, params) | {"region_km": params.region_km}
+
+    def write(tmp: Path) -> None:
+        regions.write_sharded(tmp, parts(), top)
+
+    folder = write_and_rename(ctx, write)
+    kinds, factories = {s.kind for s in specs}, {s.factory for s in specs}
+    kind = kinds.pop() if len(kinds) == 1 else "mixed"
+    factory = f"{len(specs)} regions: " + (factories.pop() if len(factories) == 1 else "mixed")
+    stats: dict[str, Any] = {"index_bytes": sum(st["index_bytes"] for _, st in done), "regions": len(specs)}
+    if params.memory_budget is not None:
+        stats["memory_budget"] = params.memory_budget
+    for key in ("recall_at_10", "recall_at_10_no_rerank"):
+        weighted = [(n, st[key]) for n, st in done if key in st]
+        if weighted:
+            stats[key] = round(sum(n * r for n, r in weighted) / sum(n for n, _ in weighted), 4)
+    return folder, faiss_index.IndexSpec(kind, factory[:128]), stats
 
 
 def merge_stage(
@@ -186,12 +285,8 @@ def merge_stage(
         _finish(ctx, "failed", counts, {}, None, None, activate=False, run_started=run_started)
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
         return {"status": "failed", "counts": counts}
-    index, spec, stats = build_index(ctx, plan, params.index_type, use_gpu, params.memory_budget)
-    meta = {"factory": spec.factory, "weights_sha256": ctx.weights_sha256, "build_id": ctx.build_id}
-    meta |= {"index_type": spec.kind} | ({"nprobe": spec.nprobe} if spec.nprobe else {})
-    if params.memory_budget is not None:
-        meta["memory_budget"] = params.memory_budget
-    folder = write_and_rename(ctx, index, meta)
+    write = write_single if params.region_km is None else write_regions
+    folder, spec, stats = write(ctx, plan, params, use_gpu)
     write_build_overview(folder, params, exclude=plan.failed_sources)  # the map page's basemap
     stats["index_s"] = round(time.perf_counter() - started, 3)
     status = "partial" if rejected else "complete"

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 from sqlalchemy import Engine, select
@@ -22,7 +21,7 @@ from indexer.embed import OK, Embedder, TileTask, read_chip
 from indexer.params import BuildParams
 from indexer.tiles import ChipReader
 from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
-from storage import catalog, faiss_index
+from storage import catalog, faiss_index, regions
 from storage.db import session_scope
 from storage.errors import StorageError
 from storage.models import Build, Tile
@@ -44,21 +43,16 @@ class VerifyReport:
         return passed
 
 
-def index_ids(index: Any) -> np.ndarray:
-    """(ntotal,) int64 ids held by an IDMap or IVF index, sorted."""
-    idmap = getattr(faiss.downcast_index(index), "id_map", None)
-    if idmap is not None:
-        return np.sort(faiss.vector_to_array(idmap).astype(np.int64))
-    invlists: Any = faiss.extract_index_ivf(index).invlists
-    parts = []
-    for lst in range(invlists.nlist):
-        size = invlists.list_size(lst)
-        if size:
-            parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
-    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-
-
 VERIFY_BATCH = 64
+
+
+def read_parts(build_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The indexes of a build by region name ("" for a build of one index) and its metadata."""
+    meta = faiss_index.read_meta(build_dir)
+    if not regions.is_sharded(meta):
+        index, meta = faiss_index.read_index(build_dir)
+        return {"": index}, meta
+    return {region.name: index for region, index, _ in regions.read_regions(build_dir)}, meta
 
 
 def verify_build(
@@ -77,25 +71,27 @@ def verify_build(
     if not report.add("finished", bool(build.index_path), f"status {build.status!r}"):
         return report
     try:
-        index, meta = faiss_index.read_index(Path(str(build.index_path)))
+        parts, meta = read_parts(Path(str(build.index_path)))
     except StorageError as exc:
         report.add("index readable", False, str(exc))
         return report
-    report.add("index readable", True, f"{meta['factory']}, {index.ntotal} vectors of {index.d} dims")
+    ntotal = sum(int(index.ntotal) for index in parts.values())
+    where = f" in {len(parts)} regions" if regions.is_sharded(meta) else ""
+    report.add("index readable", True, f"{meta['factory']}, {ntotal} vectors of {meta['d']} dims{where}")
     report.add(
         "metadata", meta.get("build_id") == build.id, f"index_meta.json build_id {meta.get('build_id')}"
     )
-    report.add(
-        "ntotal", index.ntotal == len(tile_ids), f"index {index.ntotal}, catalogue {len(tile_ids)} tiles"
-    )
-    same_ids = np.array_equal(index_ids(index), tile_ids)
+    report.add("ntotal", ntotal == len(tile_ids), f"index {ntotal}, catalogue {len(tile_ids)} tiles")
+    held = [faiss_index.index_ids(index) for index in parts.values()]
+    same_ids = np.array_equal(np.sort(np.concatenate(held)), tile_ids)
     report.add("ids", same_ids, "index ids equal tile ids" if same_ids else "index ids differ from tile ids")
     weights_path = weights or Path(build.weights_path)
     sha = file_sha256(weights_path) if weights_path.is_file() else "missing"
     hash_ok = sha == build.weights_sha256 == meta.get("weights_sha256")
     report.add("weights", hash_ok, f"{weights_path}: sha256 {sha[:12]}, build {build.weights_sha256[:12]}")
     if hash_ok and len(tile_ids):
-        _check_sample(report, engine, build, index, weights_path, tile_ids, sample, atol)
+        owners = {name: ids for name, ids in zip(parts, held, strict=True)}
+        _check_sample(report, engine, build, parts, owners, weights_path, tile_ids, sample, atol)
     return report
 
 
@@ -103,7 +99,8 @@ def _check_sample(
     report: VerifyReport,
     engine: Engine,
     build: Build,
-    index: Any,
+    parts: dict[str, Any],
+    owners: dict[str, np.ndarray],
     weights: Path,
     tile_ids: np.ndarray,
     sample: int,
@@ -132,8 +129,12 @@ def _check_sample(
             report.add("re-embed", False, f"tiles {unreadable[:5]} no longer read as valid imagery")
             return
         fresh = embedder(np.stack([c.pixels for c in chips]))  # type: ignore[misc]
-        stored = faiss_index.stored_vectors(index, batch)
-        diff = max(diff, float(np.abs(faiss_index.encode_decode(index, fresh) - stored).max()))
+        for name, index in parts.items():  # each tile against the index (region) holding it
+            mine = np.isin(batch, owners[name])
+            if mine.any():
+                stored = faiss_index.stored_vectors(index, batch[mine])
+                coded = faiss_index.encode_decode(index, fresh[mine])
+                diff = max(diff, float(np.abs(coded - stored).max()))
     what = f"all {len(ids)} tiles" if len(ids) == len(tile_ids) else f"{len(ids)} of {len(tile_ids)} tiles"
     report.add("re-embed", diff <= atol, f"{what}, max |difference| {diff:.2e} (tolerance {atol:g})")
 

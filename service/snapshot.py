@@ -22,8 +22,9 @@ from service.errors import BadPrior, IndexBuildError
 from service.estimate import tile_grid
 from service.flat_search import FlatView
 from service.prior import Prior
+from storage import regions as region_shards
 from storage.errors import IndexMismatch
-from storage.faiss_index import read_index
+from storage.faiss_index import index_ids, read_index, read_meta
 
 
 @dataclass(frozen=True)
@@ -49,65 +50,27 @@ class TileCentres:
 
 
 @dataclass(frozen=True)
-class IndexSnapshot:
-    """A loaded build. `index` is only read (FAISS search is safe from several threads); `flat`
-    is its torch search (`service.flat_search`) when it is an exact flat index."""
+class IndexPart:
+    """One searched index: a whole build's, or one region shard's (`storage.regions`).
 
-    build_id: int
+    `index` is only read (FAISS search is safe from several threads); `flat` is its torch search
+    (`service.flat_search`) when it is an exact flat index."""
+
     index: Any
-    meta: Mapping[str, Any]
-    tiles: Mapping[int, TilePlace]
-    index_dir: Path
-    loaded_at: float = field(default_factory=time.time)
     flat: FlatView | None = None
-    # (tile side, stride) in metres, measured from the tiles at load (`service.estimate.tile_grid`);
-    # None: taken from the candidates' bboxes (stride = half a tile, the indexer's default).
-    grid_m: tuple[float, float] | None = None
+    name: str = ""
 
-    def __post_init__(self) -> None:
-        # the tiles' centres as arrays, made once per snapshot (selecting a prior's tiles)
-        self.centres  # noqa: B018
-
-    @cached_property
-    def centres(self) -> TileCentres:
-        """Every tile's centre, as arrays (`TileCentres`)."""
-        return TileCentres.of(self.tiles)
-
-    @property
-    def ntotal(self) -> int:
-        """Number of descriptors in the index."""
-        return int(self.index.ntotal)
-
-    def select(self, prior: Prior) -> np.ndarray:
-        """Ids (ascending) of the tiles inside `prior`; BadPrior when there is none."""
-        ids = self.centres.inside(prior)
-        if not len(ids):
-            raise BadPrior(f"no tile of build {self.build_id} lies within the prior ({prior.describe()})")
-        return ids
-
-    def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Inner-product search: (n, d) float32 -> scores (n, k) float32 and ids (n, k) int64.
-
-        Ids are tile ids; -1 marks an empty slot (k larger than the index). An exact flat index
-        is searched by torch with the calling thread's pool; any other by FAISS with the
-        runtime's search threads (`model.runtime.set_search_threads`) in the calling thread.
-
-        `allowed` (tile ids, ascending: `select`) restricts the search to those tiles, and the
-        answer equals the index's exhaustive ranking with every other tile taken out: flat and
-        HNSW indexes score the allowed tiles' stored vectors exactly (HNSW's graph is not used),
-        as do IVF indexes that keep their exact vectors (`RerankView`); other IVF indexes scan
-        all their lists with a FAISS IDSelector (`nprobe` = nlist). Ties are ordered by row
-        (flat, HNSW) or by tile id (IVF).
-        """
-        if allowed is not None:
-            return self._search_within(queries, k, allowed)
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.flat is not None:
             return self.flat.search(queries, k)
         with omp_threads(search_threads()):
             scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, ids
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        """The tile ids this index holds, ascending."""
+        return index_ids(self.index)
 
     @cached_property
     def _exact(self) -> FlatView | None:
@@ -118,7 +81,7 @@ class IndexSnapshot:
             return self.flat
         return FlatView.of(self.index, min_values_two_pass=2**62, hnsw=True)
 
-    def _search_within(
+    def search_within(
         self, queries: np.ndarray, k: int, allowed: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         exact = self._exact
@@ -143,6 +106,96 @@ class IndexSnapshot:
                 keep = np.isin(ids, allowed)
                 scores, ids = _compact(scores, ids, keep, wanted)
         return _by_score_then_id(scores, ids, k)
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """A loaded build: its index (`index`, `flat`) or its region shards (`regions`), and its
+    tiles. Every index is only read, so a snapshot serves several threads at once."""
+
+    build_id: int
+    index: Any
+    meta: Mapping[str, Any]
+    tiles: Mapping[int, TilePlace]
+    index_dir: Path
+    loaded_at: float = field(default_factory=time.time)
+    flat: FlatView | None = None
+    # (tile side, stride) in metres, measured from the tiles at load (`service.estimate.tile_grid`);
+    # None: taken from the candidates' bboxes (stride = half a tile, the indexer's default).
+    grid_m: tuple[float, float] | None = None
+    # a build split by region (`cvm-index build --region-km`): one part per region, `index` None
+    regions: tuple[IndexPart, ...] = ()
+
+    def __post_init__(self) -> None:
+        # the tiles' centres as arrays, made once per snapshot (selecting a prior's tiles)
+        self.centres  # noqa: B018
+
+    @cached_property
+    def centres(self) -> TileCentres:
+        """Every tile's centre, as arrays (`TileCentres`)."""
+        return TileCentres.of(self.tiles)
+
+    @cached_property
+    def parts(self) -> tuple[IndexPart, ...]:
+        """The indexes searched: the regions, or the one index."""
+        return self.regions or (IndexPart(self.index, self.flat),)
+
+    @cached_property
+    def _part_of_tile(self) -> np.ndarray:
+        """For each tile of `centres` (same order), the position of its part in `parts`."""
+        labels = np.full(len(self.centres.ids), -1, dtype=np.int64)
+        for at, part in enumerate(self.parts):
+            labels[np.searchsorted(self.centres.ids, part.ids)] = at
+        return labels
+
+    @property
+    def ntotal(self) -> int:
+        """Number of descriptors in the index (all its regions)."""
+        return sum(int(part.index.ntotal) for part in self.parts)
+
+    def select(self, prior: Prior) -> np.ndarray:
+        """Ids (ascending) of the tiles inside `prior`; BadPrior when there is none."""
+        ids = self.centres.inside(prior)
+        if not len(ids):
+            raise BadPrior(f"no tile of build {self.build_id} lies within the prior ({prior.describe()})")
+        return ids
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Inner-product search: (n, d) float32 -> scores (n, k) float32 and ids (n, k) int64.
+
+        Ids are tile ids; -1 marks an empty slot (k larger than the index). An exact flat index
+        is searched by torch with the calling thread's pool; any other by FAISS with the
+        runtime's search threads (`model.runtime.set_search_threads`) in the calling thread. A
+        build split by region is searched region by region and the answers merged by score
+        (ties by tile id).
+
+        `allowed` (tile ids, ascending: `select`) restricts the search to those tiles, and only
+        the regions that hold one of them are searched. The answer equals the index's exhaustive
+        ranking with every other tile taken out: flat and HNSW indexes score the allowed tiles'
+        stored vectors exactly (HNSW's graph is not used), as do IVF indexes that keep their
+        exact vectors (`RerankView`); other IVF indexes scan all their lists with a FAISS
+        IDSelector (`nprobe` = nlist). Ties are ordered by row (flat, HNSW) or by tile id (IVF).
+        """
+        if len(self.parts) == 1:
+            part = self.parts[0]
+            return part.search(queries, k) if allowed is None else part.search_within(queries, k, allowed)
+        if allowed is None:
+            answers = [part.search(queries, k) for part in self.parts]
+        else:
+            answers = [self.parts[at].search_within(queries, k, ids) for at, ids in self._split(allowed)]
+        scores = np.concatenate([s for s, _ in answers], axis=1)
+        return _by_score_then_id(scores, np.concatenate([i for _, i in answers], axis=1), k)
+
+    def searched_parts(self, allowed: np.ndarray | None = None) -> int:
+        """How many of the indexes a search with `allowed` (None: no prior) reads."""
+        return len(self.parts) if allowed is None or len(self.parts) == 1 else len(self._split(allowed))
+
+    def _split(self, allowed: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """(part position, its allowed ids) of each part holding one of `allowed`."""
+        labels = self._part_of_tile[np.searchsorted(self.centres.ids, allowed)]
+        return [(int(at), allowed[labels == at]) for at in np.unique(labels) if at >= 0]
 
     def lookup(self, ids: np.ndarray) -> list[TilePlace | None]:
         """The tile of each id (None for -1 or an id the catalogue lacks)."""
@@ -201,31 +254,67 @@ def read_checked_index(index_dir: Path, weights_sha256: str, dim: int) -> tuple[
     except IndexMismatch as exc:
         raise IndexBuildError(str(exc)) from exc
     check_meta(meta, index_dir, weights_sha256, dim)
+    _set_nprobe(index, meta)
+    return index, meta
+
+
+def _set_nprobe(index: Any, meta: Mapping[str, Any]) -> None:
     if "nprobe" in meta:
         # IVF indexes search only `nprobe` lists; the build records the value it was tuned for.
         faiss.ParameterSpace().set_index_parameter(index, "nprobe", int(meta["nprobe"]))
-    return index, meta
+
+
+def read_checked_regions(
+    index_dir: Path, weights_sha256: str, dim: int
+) -> tuple[tuple[IndexPart, ...], dict[str, Any]] | None:
+    """The region shards of a build split by region, each checked as a build's index is, and the
+    build's metadata; None when the build is one index."""
+    try:
+        meta = read_meta(index_dir)
+        if not region_shards.is_sharded(meta):
+            return None
+        parts = []
+        for region, index, part_meta in region_shards.read_regions(index_dir):
+            check_meta(part_meta, index_dir / region_shards.SHARDS_DIR / region.name, weights_sha256, dim)
+            _set_nprobe(index, part_meta)
+            parts.append(IndexPart(index, FlatView.of(index), region.name))
+    except IndexMismatch as exc:
+        raise IndexBuildError(str(exc)) from exc
+    check_meta(meta, index_dir, weights_sha256, dim)
+    return tuple(parts), meta
 
 
 def load_snapshot(
     catalog: Catalog, build: BuildInfo, index_root: Path, weights_sha256: str, dim: int
 ) -> IndexSnapshot:
-    """Load and check a build's index and tiles. Blocking: call it from a worker thread."""
+    """Load and check a build's index (or its region shards) and tiles. Blocking: call it from a
+    worker thread."""
     if not build.index_path:
         raise IndexBuildError(f"build {build.id} has no index folder (status {build.status!r})")
     index_dir = resolve_index_dir(build.index_path, index_root)
-    index, meta = read_checked_index(index_dir, weights_sha256, dim)
+    sharded = read_checked_regions(index_dir, weights_sha256, dim)
+    index: Any = None
+    flat: FlatView | None = None
+    parts: tuple[IndexPart, ...] = ()
+    if sharded is None:
+        index, meta = read_checked_index(index_dir, weights_sha256, dim)
+        flat = FlatView.of(index)
+        ntotal = int(index.ntotal)
+    else:
+        parts, meta = sharded
+        ntotal = sum(int(p.index.ntotal) for p in parts)
     tiles = catalog.places_of_build(build.id)
-    if len(tiles) != index.ntotal:
-        raise IndexBuildError(f"build {build.id}: {len(tiles)} tile rows for {index.ntotal} vectors")
+    if len(tiles) != ntotal:
+        raise IndexBuildError(f"build {build.id}: {len(tiles)} tile rows for {ntotal} vectors")
     return IndexSnapshot(
         build_id=build.id,
         index=index,
         meta=meta,
         tiles=tiles,
         index_dir=index_dir,
-        flat=FlatView.of(index),
+        flat=flat,
         grid_m=grid_of(tiles.values()),
+        regions=parts,
     )
 
 

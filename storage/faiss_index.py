@@ -332,15 +332,24 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def read_meta(build_dir: Path) -> dict[str, Any]:
+    """A build's index_meta.json; IndexMismatch when it cannot be read."""
+    path = Path(build_dir) / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IndexMismatch(f"{path}: cannot read index metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise IndexMismatch(f"{path}: index metadata is not an object")
+    return meta
+
+
 def read_index(build_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The index of a build folder and its metadata; IndexMismatch when they disagree or are unreadable."""
     build_dir = Path(build_dir)
     meta_path, index_path = build_dir / META_FILE, build_dir / INDEX_FILE
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise IndexMismatch(f"{meta_path}: cannot read index metadata ({exc})") from None
-    if not isinstance(meta, dict) or not {"d", "ntotal", "factory", "metric"} <= set(meta):
+    meta = read_meta(build_dir)
+    if not {"d", "ntotal", "factory", "metric"} <= set(meta):
         raise IndexMismatch(f"{meta_path}: index metadata lacks factory/d/metric/ntotal")
     # The checksum comes first: a damaged file can announce sizes that FAISS would try to
     # allocate before noticing anything wrong. Builds written before checksums were recorded
@@ -533,6 +542,20 @@ def _flat_vectors(flat: Any) -> np.ndarray:
     return faiss.rev_swig_ptr(flat.get_xb(), n)
 
 
+def index_ids(index: Any) -> np.ndarray:
+    """(ntotal,) int64 ids held by an IDMap or IVF index, sorted."""
+    idmap = getattr(faiss.downcast_index(index), "id_map", None)
+    if idmap is not None:
+        return np.sort(faiss.vector_to_array(idmap).astype(np.int64))
+    invlists: Any = faiss.extract_index_ivf(index).invlists
+    parts = []
+    for lst in range(invlists.nlist):
+        size = invlists.list_size(lst)
+        if size:
+            parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
 def stored_vectors(index: Any, ids: np.ndarray) -> np.ndarray:
     """(n, d) vectors stored for `ids` (decoded approximations for PQ indexes)."""
     ivf = _ivf_or_none(index)
@@ -566,7 +589,8 @@ def index_figures(build_dir: Path, queries: int = 100) -> dict[str, Any]:
     (the loaded index) and on disk (its files), and recall@10 against exact search of `queries`
     stored vectors (spread evenly over the index) used as queries, with and without the exact
     re-rank (None where the index has none; no recall for an IVF-PQ index without its exact
-    vectors, from before they were kept). Reads and checks the index (`read_index`)."""
+    vectors, from before they were kept). Reads and checks the index (`read_index`). A build
+    split by region: `storage.regions.build_figures`."""
     index, meta = read_index(build_dir)
     n = int(index.ntotal)
     exact = exact_vectors_of(index)

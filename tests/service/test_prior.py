@@ -260,5 +260,5 @@ def test_prior_search_on_hnsw_keeps_no_int8_copy() -> None:
     allowed = np.sort(np.array(list(snap.tiles))[:50])
     scores, ids = snap.search(queries, 5, allowed)
     assert np.isin(ids[ids >= 0], allowed).all()
-    exact = snap._exact
+    exact = snap.parts[0]._exact
     assert exact is not None and exact.int8 is None

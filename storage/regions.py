@@ -1,0 +1,172 @@
+"""Region shards: a build's index split into one FAISS index per square region of the Earth.
+
+`cvm-index build --region-km KM` groups the tiles by the region their centre falls in and
+writes one index per region under `shards/<name>/` of the build folder (each an ordinary index
+folder: `storage.faiss_index.write_index`), with the list of regions in the build's
+index_meta.json (`write_sharded`). The service searches every region and merges, or, with a
+prior, only the regions that hold tiles inside it (`service.snapshot`): each region is a unit
+that one machine can load, and that a query can skip.
+
+Regions are cells of a latitude/longitude grid about KM km on a side: rows of KM km of latitude,
+each row cut into cells of KM km of longitude at the row's middle latitude (so cells keep their
+width away from the equator). What the service uses to skip a region is the bounding box of the
+centres of its tiles (recorded per region), not the cell, so the grid is only a way to group.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.metrics import EARTH_RADIUS_M
+from storage import faiss_index
+from storage.errors import IndexMismatch
+
+SHARDS_DIR = "shards"
+# Metres of a degree of latitude on the mean-radius sphere the prior's distances use.
+M_PER_DEG_LAT = math.pi * EARTH_RADIUS_M / 180.0
+# Region sides the indexer accepts: a tile's side at the least, a quarter of the globe at most.
+REGION_KM_MIN, REGION_KM_MAX = 0.1, 10_000.0
+
+
+@dataclass(frozen=True)
+class Region:
+    """One region shard: its folder name, the box of its tiles' centres (west, south, east,
+    north, degrees) and its number of tiles."""
+
+    name: str
+    bbox: tuple[float, float, float, float]
+    ntotal: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "bbox": list(self.bbox), "ntotal": self.ntotal}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Region:
+        w, s, e, n = (float(v) for v in value["bbox"])
+        return cls(str(value["name"]), (w, s, e, n), int(value["ntotal"]))
+
+
+def region_names(lats: np.ndarray, lons: np.ndarray, km: float) -> np.ndarray:
+    """The region (grid cell name, `<row>_<col>`) of each point (degrees), for cells of `km`."""
+    lats, lons = np.asarray(lats, dtype=np.float64), np.asarray(lons, dtype=np.float64)
+    dlat = km * 1000.0 / M_PER_DEG_LAT
+    rows = np.floor((lats + 90.0) / dlat).astype(np.int64)
+    middle = np.clip(-90.0 + (rows + 0.5) * dlat, -89.0, 89.0)
+    dlon = dlat / np.cos(np.radians(middle))
+    cols = np.floor((lons + 180.0) / dlon).astype(np.int64)
+    return np.array([f"{r:05d}_{c:05d}" for r, c in zip(rows, cols, strict=True)], dtype=object)
+
+
+def group_by_region(
+    ids: np.ndarray, lats: np.ndarray, lons: np.ndarray, km: float
+) -> Iterator[tuple[Region, np.ndarray]]:
+    """(region, its tile ids ascending) of every region holding one of the tiles, by name."""
+    ids = np.asarray(ids, dtype=np.int64)
+    names = region_names(lats, lons, km)
+    for name in sorted(set(names.tolist())):
+        mask = names == name
+        la, lo = lats[mask], lons[mask]
+        box = (float(lo.min()), float(la.min()), float(lo.max()), float(la.max()))
+        yield Region(name, box, int(mask.sum())), np.sort(ids[mask])
+
+
+def write_sharded(
+    folder: Path, parts: Iterable[tuple[Region, Any, dict[str, Any]]], meta: dict[str, Any]
+) -> None:
+    """Write each region's index into `folder/shards/<name>/` (`write_index`, with its own
+    metadata), then the build's index_meta.json listing the regions. `folder` is a not yet
+    published temporary folder, as for `write_index`."""
+    regions, factories, kinds, d, n = [], set(), set(), None, 0
+    for region, index, part_meta in parts:
+        faiss_index.write_index(index, folder / SHARDS_DIR / region.name, part_meta)
+        regions.append(region.to_json() | {"factory": part_meta["factory"]})
+        factories.add(str(part_meta["factory"]))
+        kinds.add(str(part_meta.get("index_type")))
+        d, n = int(index.d), n + int(index.ntotal)
+    full = {"metric": "inner_product", "d": d, "ntotal": n, **meta, "regions": regions}
+    full["factory"] = factories.pop() if len(factories) == 1 else "mixed"
+    full["index_type"] = kinds.pop() if len(kinds) == 1 else "mixed"
+    (folder / faiss_index.META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True))
+    faiss_index.fsync_path(folder / faiss_index.META_FILE)
+    faiss_index.fsync_path(folder / SHARDS_DIR)
+
+
+def build_figures(build_dir: Path, queries: int) -> dict[str, Any]:
+    """`cvm-index info`'s figures of a build's index (`faiss_index.index_figures`), or of its
+    regions when it is split by region (`region_figures`)."""
+    if is_sharded(faiss_index.read_meta(build_dir)):
+        return region_figures(build_dir, queries)
+    return faiss_index.index_figures(build_dir, queries)
+
+
+def region_figures(build_dir: Path, queries: int) -> dict[str, Any]:
+    """`cvm-index info`'s figures of a build split by region (`faiss_index.index_figures` of each
+    region): bytes per tile over all regions, recall@10 within each region (`queries` shared
+    by the regions in proportion to their tiles, one at least) averaged over its queries."""
+    build_dir = Path(build_dir)
+    meta = faiss_index.read_meta(build_dir)
+    regions = regions_of(meta, build_dir)
+    n = sum(r.ntotal for r in regions)
+    per = [
+        faiss_index.index_figures(build_dir / SHARDS_DIR / r.name, max(1, queries * r.ntotal // max(n, 1)))
+        if queries > 0
+        else faiss_index.index_figures(build_dir / SHARDS_DIR / r.name, 0)
+        for r in regions
+    ]
+    figures: dict[str, Any] = {
+        "index_type": meta.get("index_type"),
+        "factory": meta.get("factory"),
+        "ntotal": n,
+        "memory_budget": meta.get("memory_budget"),
+        "ram_bytes_per_tile": sum(f["ram_bytes_per_tile"] * f["ntotal"] for f in per) / max(n, 1),
+        "disk_bytes_per_tile": sum(f["disk_bytes_per_tile"] * f["ntotal"] for f in per) / max(n, 1),
+        "exact_vectors": any(f["exact_vectors"] for f in per),
+        "recall_queries": sum(f["recall_queries"] for f in per),
+        "recall_at_10": None,
+        "recall_at_10_rerank": None,
+        "regions": [r.to_json() for r in regions],
+        "region_km": meta.get("region_km"),
+    }
+    for key in ("recall_at_10", "recall_at_10_rerank"):
+        measured = [(f["recall_queries"], f[key]) for f in per if f[key] is not None and f["recall_queries"]]
+        if measured:
+            figures[key] = sum(q * r for q, r in measured) / sum(q for q, _ in measured)
+    return figures
+
+
+def is_sharded(meta: dict[str, Any]) -> bool:
+    """Whether a build's index_meta.json describes region shards."""
+    return "regions" in meta
+
+
+def regions_of(meta: dict[str, Any], build_dir: Path) -> list[Region]:
+    """The regions a sharded build's metadata lists; IndexMismatch when malformed."""
+    try:
+        regions = [Region.from_json(r) for r in meta["regions"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexMismatch(f"{build_dir / faiss_index.META_FILE}: malformed region list ({exc})") from None
+    if not regions or len({r.name for r in regions}) != len(regions):
+        raise IndexMismatch(f"{build_dir / faiss_index.META_FILE}: no regions, or a region listed twice")
+    return regions
+
+
+def read_regions(build_dir: Path) -> Iterator[tuple[Region, Any, dict[str, Any]]]:
+    """(region, index, metadata) of each region shard of a sharded build, each read and checked
+    as a build's index is (`read_index`), and checked against the build's region list."""
+    build_dir = Path(build_dir)
+    meta = faiss_index.read_meta(build_dir)
+    for region in regions_of(meta, build_dir):
+        index, part_meta = faiss_index.read_index(build_dir / SHARDS_DIR / region.name)
+        if index.ntotal != region.ntotal or index.d != int(meta.get("d", -1)):
+            raise IndexMismatch(
+                f"{build_dir / SHARDS_DIR / region.name}: {index.ntotal} vectors of {index.d} dims, "
+                f"the build's {faiss_index.META_FILE} says {region.ntotal} of {meta.get('d')}"
+            )
+        yield region, index, part_meta

@@ -89,3 +89,27 @@ def test_config_round_trip_and_defaults() -> None:
     assert Preprocessing.from_dict(prep.to_dict()) == prep
     legacy = {k: v for k, v in PREP.to_dict().items() if k not in ("views", "photo_headings")}
     assert Preprocessing.from_dict(legacy).views == 1  # checkpoints written before the field
+
+
+def test_a_turned_tile_has_the_descriptor_rolled_by_view_blocks() -> None:
+    """With the shipped weights (4 views, centred), the descriptor of a tile turned by r quarter
+    turns is the tile's descriptor rolled left by r view blocks (what scripts/bench_million.py
+    relies on to turn a corpus of tiles into more), because the views are those quarter turns."""
+    from model.checkpoint import load_checkpoint
+    from model.weights import default_weights_path
+
+    loaded = load_checkpoint(default_weights_path(), inference=True)
+    net, prep = loaded.model, loaded.config.preprocessing
+    assert prep.views == 4
+    rng = np.random.default_rng(5)
+    # blocky scenes (not pixel noise, which every view sees alike)
+    cells = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(2)]
+    tiles = [np.kron(c, np.ones((prep.sat_size // 8, prep.sat_size // 8, 1), np.uint8)) for c in cells]
+    batch = [np.rot90(t, r).copy() for t in tiles for r in range(4)]
+    with torch.inference_mode():
+        d = net.describe_satellite(torch.stack([prepare_satellite(b, prep) for b in batch])).numpy()
+    block = d.shape[1] // 4
+    for t in range(2):
+        for r in range(1, 4):
+            np.testing.assert_allclose(d[4 * t + r], np.roll(d[4 * t], -r * block), atol=1e-6)
+    assert np.abs(d[1] - d[0]).max() > 1e-2  # turning does change the descriptor

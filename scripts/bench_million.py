@@ -132,6 +132,7 @@ def build_part(x: np.ndarray, ids: np.ndarray, budget: int | None, work: Path) -
     n, d = x.shape
     spec = fi.choose_spec("auto", n, d, budget)
     t0 = time.perf_counter()
+    print(f"  building {spec.factory} over {n:,} vectors (training on {spec.train_size:,})", file=sys.stderr)
     index = fi.new_index(spec, d)
     if not index.is_trained:
         step = max(1, n // max(spec.train_size, 1))

@@ -260,3 +260,22 @@ def test_region_build_info_verify_and_service(
     shard.write_bytes(b"damaged")
     assert main([*common, "verify", "2"]) == 1
     assert f"{shard}: checksum mismatch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "must be > 0, got 0"),
+        ("-3", "must be > 0"),
+        ("20000", "must be between 0.1 and 10000 km"),
+        ("x", "invalid"),
+    ],
+)
+def test_bad_region_km_is_a_cli_error_naming_the_option(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["build", "--imagery", "x.tif", "--region-km", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --region-km" in err and message in err and "Traceback" not in err

@@ -94,67 +94,67 @@ def drop_tiles(ctx: BuildContext, plan: MergePlan) -> None:
         catalog.delete_tiles(session, [int(i) for i in plan.drop])
 
 
-def _kept_blocks(
-    ctx: BuildContext, bad: np.ndarray, only: np.ndarray | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) of the kept tiles (OK and not of a failed file), shard by shard, in id
-    order; with `only` (ids, ascending), just those of them."""
+def _kept_blocks(ctx: BuildContext, bad: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of the kept tiles (OK and not of a failed file), shard by shard, in id order."""
     for shard in _shards(ctx.work_dir / "shards"):
         mask = (shard.status == OK) & ~np.isin(shard.ids, bad)
-        if only is not None:
-            mask &= np.isin(shard.ids, only)
         if mask.any():
             yield shard.ids[mask], np.ascontiguousarray(shard.vectors[mask])
 
 
-def _every(ctx: BuildContext, plan: MergePlan, count: int, keep: np.ndarray | None = None) -> np.ndarray:
-    """About `count` of the kept vectors (of `keep`, default all) spread evenly over their ids
-    (training sample, recall queries)."""
-    keep = plan.keep if keep is None else keep
-    step = max(1, len(keep) // max(count, 1))
-    wanted = keep[::step][:count]
-    parts = [v[np.isin(i, wanted)] for i, v in _kept_blocks(ctx, plan.bad, keep)]
-    return np.concatenate(parts).astype(np.float32)
+@dataclass(frozen=True)
+class Vectors:
+    """The vectors an index is made of: `ids` (ascending) and a way to read them in id order,
+    block by block, as often as needed (the whole build's shards, or one region's file)."""
+
+    ids: np.ndarray
+    blocks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+    def every(self, count: int) -> np.ndarray:
+        """About `count` vectors spread evenly over the ids (training sample, recall queries)."""
+        step = max(1, len(self.ids) // max(count, 1))
+        wanted = self.ids[::step][:count]
+        parts = [v[np.isin(i, wanted)] for i, v in self.blocks()]
+        return np.concatenate(parts).astype(np.float32)
+
+
+def kept_vectors(ctx: BuildContext, plan: MergePlan) -> Vectors:
+    """Every kept tile's vector, read from the embedding shards."""
+    return Vectors(plan.keep, lambda: _kept_blocks(ctx, plan.bad))
 
 
 def build_index(
     ctx: BuildContext,
-    plan: MergePlan,
+    source: Vectors,
     kind: str,
     use_gpu: bool,
     budget: int | None = None,
-    keep: np.ndarray | None = None,
-    label: str = "",
+    name: str = "",
 ) -> tuple[Any, Any, dict]:
-    """Train and fill the index over the kept tiles (of `keep`, ascending ids: one region; default
-    all); returns (index, spec, stats).
+    """Train and fill the index over `source` (the build's vectors, or those of region `name`);
+    returns (index, spec, stats).
 
     With a memory `budget` (bytes) the index is the best that fits it. A compressed index keeps
     the exact vectors (written to the work folder here, moved beside the index by write_index)
     and its recall@10 is measured with and without their re-rank."""
     d = ctx.loaded.config.descriptor_dim
-    ids = plan.keep if keep is None else keep
-    only = None if keep is None else keep
-    try:
-        spec = faiss_index.choose_spec(kind, len(ids), d, budget)
-    except ValueError as exc:
-        raise IndexerError(f"--memory-budget: {label}{exc}") from None
+    ids = source.ids
+    spec = _spec(kind, len(ids), d, budget, name)
     index = faiss_index.new_index(spec, d)
     if not index.is_trained:
-        index = faiss_index.train(index, spec, _every(ctx, plan, spec.train_size, ids), use_gpu)
-    for block_ids, vectors in _kept_blocks(ctx, plan.bad, only):
+        index = faiss_index.train(index, spec, source.every(spec.train_size), use_gpu)
+    for block_ids, vectors in source.blocks():
         index.add_with_ids(vectors, block_ids)
     stats: dict[str, Any] = {"index_bytes": faiss_index.index_bytes(index)}
     if budget is not None:
         stats["memory_budget"] = budget
     if spec.rerank:
-        blocks = _kept_blocks(ctx, plan.bad, only)
-        folder = ctx.work_dir / ("exact" if keep is None else f"exact-{label.strip(': ')}")
-        exact = faiss_index.write_exact_vectors(folder, blocks, len(ids), d)
+        folder = ctx.work_dir / (f"exact-{name}" if name else "exact")
+        exact = faiss_index.write_exact_vectors(folder, source.blocks(), len(ids), d)
         faiss_index.attach_exact(index, exact)
     if spec.kind != "flat":
-        queries = _every(ctx, plan, faiss_index.RECALL_QUERIES, ids)
-        db = (v for _, v in _kept_blocks(ctx, plan.bad, only))
+        queries = source.every(faiss_index.RECALL_QUERIES)
+        db = (v for _, v in source.blocks())
         plain, served = faiss_index.measure_recalls(index, queries, db, ids, (False, None))
         stats["recall_at_10"] = round(served, 4)
         if spec.rerank:
@@ -163,20 +163,49 @@ def build_index(
     return index, spec, stats
 
 
-def build_regions(
-    ctx: BuildContext, plan: MergePlan, params: BuildParams, use_gpu: bool
-) -> Iterator[tuple[regions.Region, Any, Any, dict]]:
-    """(region, index, spec, stats) of each region shard (`--region-km`), one at a time (only
-    one region's index is in memory). A memory budget is shared by the regions in proportion
-    to their tiles."""
+# A region this small gets a flat index whatever --index-type asks: IVF-PQ cannot train on it
+# (8-bit codes want 256 x 39 points), and an exact search of it is fast anyway.
+REGION_FLAT_BELOW = 10_000
+
+
+def _spec(kind: str, n: int, d: int, budget: int | None, name: str = "") -> Any:
+    """The index for n vectors (`choose_spec`); a region (`name`) of few tiles gets a flat one
+    unless a budget decides; a budget that nothing fits is an IndexerError naming the region."""
+    if name and budget is None and kind != "hnsw" and n < REGION_FLAT_BELOW:
+        kind = "flat"
+    try:
+        return faiss_index.choose_spec(kind, n, d, budget)
+    except ValueError as exc:
+        where = f"region {name}: " if name else ""
+        raise IndexerError(f"--memory-budget: {where}{exc}") from None
+
+
+def region_vectors(
+    ctx: BuildContext, plan: MergePlan, params: BuildParams
+) -> list[tuple[regions.Region, Vectors, int | None]]:
+    """Each region's tiles (`--region-km`) with its share of the memory budget (in proportion to
+    its tiles), its vectors copied once from the embedding shards into a file of its own in the
+    work folder (each region's index then reads only its own). Every region's index type is
+    chosen first, so a budget that a region cannot meet stops the build before any training."""
     assert params.region_km is not None
     ids, lats, lons = _centres(ctx, plan.keep)
-    n = max(len(ids), 1)
-    for region, keep in regions.group_by_region(ids, lats, lons, params.region_km):
-        budget = None if params.memory_budget is None else params.memory_budget * len(keep) // n
-        label = f"region {region.name}: "
-        index, spec, stats = build_index(ctx, plan, params.index_type, use_gpu, budget, keep, label)
-        yield region, index, spec, stats
+    n, d = max(len(ids), 1), ctx.loaded.config.descriptor_dim
+    groups = list(regions.group_by_region(ids, lats, lons, params.region_km))
+    shares = [
+        None if params.memory_budget is None else params.memory_budget * r.ntotal // n for r, _ in groups
+    ]
+    for (region, _), share in zip(groups, shares, strict=True):
+        _spec(params.index_type, region.ntotal, d, share, region.name)
+    folder = ctx.work_dir / "regions"
+    files = regions.split_vectors(folder, kept_vectors(ctx, plan).blocks(), groups, d)
+    return [
+        (region, _region_file(members, path), share)
+        for (region, members), path, share in zip(groups, files, shares, strict=True)
+    ]
+
+
+def _region_file(ids: np.ndarray, path: Path) -> Vectors:
+    return Vectors(ids, lambda: regions.read_blocks(path))
 
 
 def _centres(ctx: BuildContext, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -219,7 +248,8 @@ def write_single(
     ctx: BuildContext, plan: MergePlan, params: BuildParams, use_gpu: bool
 ) -> tuple[Path, Any, dict[str, Any]]:
     """One index over every kept tile, published; returns (folder, spec, stats)."""
-    index, spec, stats = build_index(ctx, plan, params.index_type, use_gpu, params.memory_budget)
+    source = kept_vectors(ctx, plan)
+    index, spec, stats = build_index(ctx, source, params.index_type, use_gpu, params.memory_budget)
     meta = _index_meta(ctx, params, spec)
     folder = write_and_rename(ctx, lambda tmp: faiss_index.write_index(index, tmp, meta))
     return folder, spec, stats
@@ -228,16 +258,20 @@ def write_single(
 def write_regions(
     ctx: BuildContext, plan: MergePlan, params: BuildParams, use_gpu: bool
 ) -> tuple[Path, Any, dict[str, Any]]:
-    """One index per region (`--region-km`), published together; returns (folder, a spec
-    standing for them all, stats: the regions' summed bytes, their tile-weighted recall)."""
+    """One index per region (`--region-km`), made and written one at a time, published together;
+    returns (folder, a spec standing for them all, stats: the regions' summed bytes, their
+    tile-weighted recall)."""
     specs: list[Any] = []
     done: list[tuple[int, dict]] = []
+    todo = region_vectors(ctx, plan, params)
 
     def parts() -> Iterator[tuple[regions.Region, Any, dict[str, Any]]]:
-        for region, index, spec, stats in build_regions(ctx, plan, params, use_gpu):
+        for region, source, budget in todo:
+            index, spec, stats = build_index(ctx, source, params.index_type, use_gpu, budget, region.name)
             specs.append(spec)
             done.append((region.ntotal, stats))
             yield region, index, _index_meta(ctx, params, spec) | {"region": region.name}
+            del index  # written: the next region's index replaces it in memory, not beside it
 
     top = _index_meta(ctx, params) | {"region_km": params.region_km}
 

@@ -148,6 +148,17 @@ class IndexSnapshot:
             labels[np.searchsorted(self.centres.ids, part.ids)] = at
         return labels
 
+    def check_regions(self) -> None:
+        """Check that the regions hold exactly the catalogue's tiles, and work out which region
+        holds which tile (done once, at load: a search with a prior then only looks it up)."""
+        held = np.sort(np.concatenate([part.ids for part in self.parts]))
+        if not np.array_equal(held, self.centres.ids):
+            raise IndexBuildError(
+                f"build {self.build_id}: its regions hold other tile ids than its catalogue; "
+                "rebuild it (cvm-index verify says more)"
+            )
+        self._part_of_tile  # noqa: B018
+
     @property
     def ntotal(self) -> int:
         """Number of descriptors in the index (all its regions)."""
@@ -185,6 +196,9 @@ class IndexSnapshot:
             answers = [part.search(queries, k) for part in self.parts]
         else:
             answers = [self.parts[at].search_within(queries, k, ids) for at, ids in self._split(allowed)]
+        if not answers:  # no region holds an allowed tile: nothing to rank
+            empty = np.full((len(queries), k), -1, dtype=np.int64)
+            return np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32), empty
         scores = np.concatenate([s for s, _ in answers], axis=1)
         return _by_score_then_id(scores, np.concatenate([i for _, i in answers], axis=1), k)
 
@@ -306,7 +320,7 @@ def load_snapshot(
     tiles = catalog.places_of_build(build.id)
     if len(tiles) != ntotal:
         raise IndexBuildError(f"build {build.id}: {len(tiles)} tile rows for {ntotal} vectors")
-    return IndexSnapshot(
+    snapshot = IndexSnapshot(
         build_id=build.id,
         index=index,
         meta=meta,
@@ -316,6 +330,9 @@ def load_snapshot(
         grid_m=grid_of(tiles.values()),
         regions=parts,
     )
+    if parts:
+        snapshot.check_regions()
+    return snapshot
 
 
 def grid_of(places: Iterable[TilePlace]) -> tuple[float, float] | None:

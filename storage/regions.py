@@ -9,8 +9,9 @@ that one machine can load, and that a query can skip.
 
 Regions are cells of a latitude/longitude grid about KM km on a side: rows of KM km of latitude,
 each row cut into cells of KM km of longitude at the row's middle latitude (so cells keep their
-width away from the equator). What the service uses to skip a region is the bounding box of the
-centres of its tiles (recorded per region), not the cell, so the grid is only a way to group.
+width away from the equator). The service skips a region when none of its tiles lies inside the
+prior (it knows which region holds each tile), so the grid is only a way to group; the box of
+each region's tile centres is recorded for people and for a router of regions across machines.
 """
 
 from __future__ import annotations
@@ -69,12 +70,69 @@ def group_by_region(
 ) -> Iterator[tuple[Region, np.ndarray]]:
     """(region, its tile ids ascending) of every region holding one of the tiles, by name."""
     ids = np.asarray(ids, dtype=np.int64)
-    names = region_names(lats, lons, km)
-    for name in sorted(set(names.tolist())):
-        mask = names == name
-        la, lo = lats[mask], lons[mask]
+    lats, lons = np.asarray(lats, dtype=np.float64), np.asarray(lons, dtype=np.float64)
+    names, which = np.unique(region_names(lats, lons, km).astype(str), return_inverse=True)
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(len(names) + 1))
+    for at, name in enumerate(names):
+        rows = order[bounds[at] : bounds[at + 1]]
+        la, lo = lats[rows], lons[rows]
         box = (float(lo.min()), float(la.min()), float(lo.max()), float(la.max()))
-        yield Region(name, box, int(mask.sum())), np.sort(ids[mask])
+        yield Region(str(name), box, len(rows)), np.sort(ids[rows])
+
+
+REGION_VECTORS, REGION_IDS = "{}.vectors.npy", "{}.ids.npy"
+# Rows of a region's vector file read at a time.
+READ_ROWS = 65_536
+
+
+def split_vectors(
+    folder: Path,
+    blocks: Iterable[tuple[np.ndarray, np.ndarray]],
+    groups: list[tuple[Region, np.ndarray]],
+    d: int,
+) -> list[Path]:
+    """Copy the (ids, vectors) blocks, given in increasing id order, into one file per region
+    (`<folder>/<name>.vectors.npy` and `.ids.npy`, rows in id order), in one pass over them;
+    returns each region's vector file, in the order of `groups`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    all_ids = np.concatenate([members for _, members in groups]) if groups else np.zeros(0, np.int64)
+    label = (
+        np.concatenate([np.full(len(m), at, np.int64) for at, (_, m) in enumerate(groups)])
+        if groups
+        else all_ids
+    )
+    order = np.argsort(all_ids)
+    sorted_ids, sorted_label = all_ids[order], label[order]
+    paths = [folder / REGION_VECTORS.format(r.name) for r, _ in groups]
+    outs = [
+        np.lib.format.open_memmap(p, mode="w+", dtype=np.float32, shape=(r.ntotal, d))
+        for p, (r, _) in zip(paths, groups, strict=True)
+    ]
+    filled = np.zeros(len(groups), np.int64)
+    for block_ids, block in blocks:
+        at = np.searchsorted(sorted_ids, block_ids)
+        found = (at < len(sorted_ids)) & (sorted_ids[np.minimum(at, len(sorted_ids) - 1)] == block_ids)
+        for g in np.unique(sorted_label[at[found]]):
+            rows = found.copy()
+            rows[found] = sorted_label[at[found]] == g
+            count = int(rows.sum())
+            outs[g][filled[g] : filled[g] + count] = block[rows]
+            filled[g] += count
+    for (region, members), path, out, got in zip(groups, paths, outs, filled, strict=True):
+        if got != region.ntotal:
+            raise ValueError(f"{path}: {got} vectors of the {region.ntotal} of region {region.name}")
+        out.flush()
+        np.save(folder / REGION_IDS.format(region.name), members)
+    return paths
+
+
+def read_blocks(vectors_path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of a region's file (`split_vectors`), READ_ROWS rows at a time."""
+    vectors = np.load(vectors_path, mmap_mode="r")
+    ids = np.load(vectors_path.with_name(vectors_path.name.replace(".vectors.npy", ".ids.npy")))
+    for at in range(0, len(ids), READ_ROWS):
+        yield ids[at : at + READ_ROWS], np.ascontiguousarray(vectors[at : at + READ_ROWS])
 
 
 def write_sharded(
@@ -86,10 +144,12 @@ def write_sharded(
     regions, factories, kinds, d, n = [], set(), set(), None, 0
     for region, index, part_meta in parts:
         faiss_index.write_index(index, folder / SHARDS_DIR / region.name, part_meta)
+        faiss_index.fsync_path(folder / SHARDS_DIR / region.name)
         regions.append(region.to_json() | {"factory": part_meta["factory"]})
         factories.add(str(part_meta["factory"]))
         kinds.add(str(part_meta.get("index_type")))
         d, n = int(index.d), n + int(index.ntotal)
+        del index  # written: free it before the next region's is made
     full = {"metric": "inner_product", "d": d, "ntotal": n, **meta, "regions": regions}
     full["factory"] = factories.pop() if len(factories) == 1 else "mixed"
     full["index_type"] = kinds.pop() if len(kinds) == 1 else "mixed"

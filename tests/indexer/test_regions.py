@@ -279,3 +279,64 @@ def test_bad_region_km_is_a_cli_error_naming_the_option(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "argument --region-km" in err and message in err and "Traceback" not in err
+
+
+def test_split_vectors_writes_each_region_its_own_rows_in_id_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    ids = np.sort(rng.choice(100_000, 700, replace=False)).astype(np.int64)
+    x = rng.standard_normal((700, 8)).astype(np.float32)
+    lats, lons = 45.0 + rng.random(700) * 0.5, 15.0 + rng.random(700) * 0.5
+    groups = list(regions.group_by_region(ids, lats, lons, 15.0))
+    blocks = [(ids[a : a + 64], x[a : a + 64]) for a in range(0, 700, 64)]
+    paths = regions.split_vectors(tmp_path, blocks, groups, 8)
+    row = {int(i): r for r, i in enumerate(ids)}
+    for (region, members), path in zip(groups, paths, strict=True):
+        got = list(regions.read_blocks(path))
+        got_ids = np.concatenate([i for i, _ in got])
+        got_x = np.concatenate([v for _, v in got])
+        np.testing.assert_array_equal(got_ids, members)
+        np.testing.assert_array_equal(got_x, x[[row[int(i)] for i in members]])
+        assert region.name in path.name
+    with pytest.raises(ValueError, match="vectors of the"):  # a tile missing from the blocks
+        regions.split_vectors(tmp_path / "short", blocks[1:], groups, 8)
+
+
+def test_small_regions_get_flat_indexes_and_a_budget_a_region_cannot_meet_names_it() -> None:
+    from indexer.errors import IndexerError
+    from indexer.publish import REGION_FLAT_BELOW, _spec
+
+    assert _spec("ivfpq", REGION_FLAT_BELOW - 1, 64, None, "00001_00002").kind == "flat"
+    assert _spec("ivfpq", REGION_FLAT_BELOW, 64, None, "00001_00002").kind == "ivfpq"
+    assert _spec("ivfpq", 100, 64, None).kind == "ivfpq"  # a whole build keeps what was asked
+    assert _spec("hnsw", 100, 64, None, "00001_00002").kind == "hnsw"
+    with pytest.raises(IndexerError, match="--memory-budget: region 00001_00002: memory budget"):
+        _spec("auto", 5000, 1024, 1000, "00001_00002")
+
+
+def test_ivfpq_region_build_with_small_regions(
+    tmp_path: Path, make_raster: Callable[..., Path], tiny_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--index-type ivfpq with regions too small to train: each gets a flat index, the build works."""
+    url, idx = f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "idx"
+    common = ["--database-url", url, "--index-dir", str(idx)]
+    args = [*common, "build", "--no-progress", "--weights", str(tiny_weights), "--imagery"]
+    assert main([*args, *_raster_far_apart(make_raster), "--index-type", "ivfpq", "--region-km", "10"]) == 0
+    capsys.readouterr()
+    assert main([*common, "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    meta = json.loads((Path(info["index_path"]) / fi.META_FILE).read_text())
+    assert [r["factory"] for r in meta["regions"]] == ["IDMap2,Flat", "IDMap2,Flat"]
+    assert not list(idx.glob("build-*.work"))  # the work folder (region files included) is gone
+
+
+def test_regions_that_do_not_hold_the_catalogue_tiles_are_refused(tmp_path: Path) -> None:
+    from service.errors import IndexBuildError
+
+    _, split, _ = _snapshots("flat", tmp_path)
+    split.check_regions()  # consistent: passes
+    tiles = dict(split.tiles)
+    first = min(tiles)
+    tiles[first + 1] = tiles.pop(first)  # the catalogue names a tile no region holds
+    odd = IndexSnapshot(1, None, {}, tiles, Path("."), regions=split.regions)
+    with pytest.raises(IndexBuildError, match="its regions hold other tile ids than its catalogue"):
+        odd.check_regions()

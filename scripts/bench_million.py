@@ -142,15 +142,20 @@ def build_part(x: np.ndarray, ids: np.ndarray, budget: int | None, work: Path) -
     if spec.rerank:
         blocks = ((ids[a : a + 100_000], x[a : a + 100_000]) for a in range(0, n, 100_000))
         fi.attach_exact(index, fi.write_exact_vectors(work / "exact", blocks, n, d))
-    meta = {"factory": spec.factory, "index_type": spec.kind} | (
-        {"nprobe": spec.nprobe} if spec.nprobe else {}
-    )
+    meta: dict[str, Any] = {"factory": spec.factory, "index_type": spec.kind}
+    if spec.nprobe is not None:  # tuned on the stored vectors as the build tunes it
+        step = max(1, n // fi.RECALL_QUERIES)
+        sample = np.ascontiguousarray(x[::step][: fi.RECALL_QUERIES])
+        db = (x[a : a + 100_000] for a in range(0, n, 100_000))
+        nprobe, _, tried = fi.tune_nprobe(index, sample, db, ids, spec.nprobe)
+        meta["nprobe"] = nprobe
+        print(f"  nprobe {nprobe} (recall@10 of stored vectors by nprobe: {tried})", file=sys.stderr)
     fi.write_index(index, work / "index", meta)
     seconds = time.perf_counter() - t0
     del index
     loaded, meta = fi.read_index(work / "index")
     if "nprobe" in meta:
-        faiss.ParameterSpace().set_index_parameter(loaded, "nprobe", int(meta["nprobe"]))
+        fi.set_nprobe(loaded, int(meta["nprobe"]))
     return loaded, meta, seconds
 
 
@@ -251,12 +256,13 @@ def main() -> None:
             ram = fi.index_bytes(index)
             r10 = recall(snap, q, corpus.truth)
             ms = p50_ms(lambda query, r, snap=snap: snap.search(query, K), q, args.repeats)
-            header = ("budget", "index", "bytes/tile RAM", "of flat", "recall@10", "p50", "build")
-            table(header, "--- --- ---: ---: ---: ---: ---:")
+            header = ("budget", "index", "nprobe", "bytes/tile RAM", "of flat", "recall@10", "p50", "build")
+            table(header, "--- --- ---: ---: ---: ---: ---: ---:")
             print(
                 row(
                     f"{text} ({describe(budget)})",
                     f"`{meta['factory']}`",
+                    meta.get("nprobe", "-"),
                     f"{ram / n:,.1f}",
                     f"1/{flat_bytes / ram:.1f}",
                     f"{r10:.3f}",

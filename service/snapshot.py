@@ -24,7 +24,7 @@ from service.flat_search import FlatView
 from service.prior import Prior
 from storage import regions as region_shards
 from storage.errors import IndexMismatch
-from storage.faiss_index import index_ids, read_index, read_meta
+from storage.faiss_index import index_ids, read_index, read_meta, set_nprobe
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ def read_checked_index(index_dir: Path, weights_sha256: str, dim: int) -> tuple[
 def _set_nprobe(index: Any, meta: Mapping[str, Any]) -> None:
     if "nprobe" in meta:
         # IVF indexes search only `nprobe` lists; the build records the value it was tuned for.
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", int(meta["nprobe"]))
+        set_nprobe(index, int(meta["nprobe"]))
 
 
 def read_checked_regions(

@@ -40,6 +40,9 @@ INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 FLAT_MAX_TILES = 50_000
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
 RECALL_QUERIES, RECALL_K = 1000, 10
+# An IVF index probes the fewest lists that reach this recall@10 on the build's own sample
+# (`tune_nprobe`), as autofaiss tunes its indexes to a target.
+RECALL_TARGET = 0.95
 VECTORS_FILE, VECTOR_IDS_FILE = "vectors.npy", "vector_ids.npy"
 # Candidates re-ranked exactly per query: max(RERANK_FACTOR * k, RERANK_MIN).
 RERANK_FACTOR, RERANK_MIN = 4, 100
@@ -208,15 +211,11 @@ def new_index(spec: IndexSpec, d: int) -> Any:
         hnsw.hnsw.efSearch = HNSW_EF_SEARCH
     if spec.nprobe is not None:
         ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
-        ivf.nprobe = spec.nprobe
         # the factory turns on polysemous training, for Hamming-filtered search that is not
         # used here; it multiplies the training time several times over
         if hasattr(ivf, "do_polysemous_training"):
             ivf.do_polysemous_training = False
-        quantizer: Any = faiss.downcast_index(ivf.quantizer)
-        if isinstance(quantizer, faiss.IndexHNSW):
-            # autofaiss's pairing: the coarse graph explores twice as many lists as are probed
-            quantizer.hnsw.efSearch = max(2 * spec.nprobe, HNSW_EF_SEARCH)
+        set_nprobe(index, spec.nprobe)
     outer: Any = faiss.downcast_index(index)
     if isinstance(outer, faiss.IndexPreTransform):
         chain: Any = outer.chain  # (its stubs type it as a list)
@@ -224,6 +223,39 @@ def new_index(spec: IndexSpec, d: int) -> Any:
         if isinstance(opq, faiss.OPQMatrix):
             opq.niter = opq.niter_pq_0 = OPQ_NITER
     return index
+
+
+def set_nprobe(index: Any, nprobe: int) -> None:
+    """Probe `nprobe` lists of an IVF index, and let its HNSW coarse quantizer (if any) explore
+    twice as many candidates (autofaiss's pairing; at least HNSW_EF_SEARCH)."""
+    ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
+    ivf.nprobe = int(nprobe)
+    quantizer: Any = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(2 * int(nprobe), HNSW_EF_SEARCH)
+
+
+def tune_nprobe(
+    index: Any, queries: np.ndarray, db: Iterable[np.ndarray], ids: np.ndarray, most: int
+) -> tuple[int, float, list[tuple[int, float]]]:
+    """The smallest nprobe (1, 2, 4, ... up to `most`) whose recall@10 against exact search, as
+    the service searches (with the exact re-rank when the index keeps its vectors), reaches
+    RECALL_TARGET; `most` when none does. Leaves the index probing that many lists.
+    Returns (nprobe, its recall, every (nprobe, recall) tried)."""
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    k = min(RECALL_K, len(ids))
+    _, positions = knn_ground_truth(queries, db, k, metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)
+    truth = ids[positions]
+    tried: list[tuple[int, float]] = []
+    nprobe = 1
+    while True:
+        nprobe = min(nprobe, most)
+        set_nprobe(index, nprobe)
+        tried.append((nprobe, recall_at_k(search(index, queries, k)[1], truth)))
+        if tried[-1][1] >= RECALL_TARGET or nprobe >= most:
+            return nprobe, tried[-1][1], tried
+        nprobe *= 2
 
 
 def train(index: Any, spec: IndexSpec, sample: np.ndarray, use_gpu: bool = False) -> Any:

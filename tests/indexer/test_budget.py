@@ -143,6 +143,24 @@ def test_rerank_recall_against_brute_force(budget_build: tuple) -> None:
     assert recalls == pytest.approx([plain_recall, _recall(stored, want)], abs=1e-9)
 
 
+def test_nprobe_is_tuned_to_the_fewest_lists_reaching_the_recall_target(budget_build: tuple) -> None:
+    folder, x, ids, _ = budget_build
+    index, _ = fi.read_index(folder)
+    rng = np.random.default_rng(3)
+    q = x[rng.choice(N, 300, replace=False)] + 0.02 * rng.standard_normal((300, D)).astype(np.float32)
+    nprobe, recall, tried = fi.tune_nprobe(index, q, iter([x]), ids, most=64)
+    assert [p for p, _ in tried] == [2**i for i in range(len(tried))] and tried[-1] == (nprobe, recall)
+    want = _brute(x, ids, q, 10)
+
+    def served_recall(probes: int) -> float:
+        fi.set_nprobe(index, probes)
+        return _recall(FlatView.of(index).search(q, 10)[1], want)  # type: ignore[union-attr]
+
+    assert 1 < nprobe < 64 and faiss.extract_index_ivf(index).nprobe == nprobe
+    assert served_recall(nprobe) >= fi.RECALL_TARGET > served_recall(nprobe // 2)
+    assert fi.tune_nprobe(index, q, iter([x]), ids, most=1)[0] == 1  # never more than `most`
+
+
 @pytest.mark.parametrize("box", [(14.2, 44.3, 14.6, 44.7), (14.0, 44.0, 15.5, 45.6)])  # ~4 %, ~56 %
 def test_prior_on_the_budget_index_equals_exhaustive_filtered(budget_build: tuple, box: tuple) -> None:
     folder, x, ids, _ = budget_build

@@ -22,12 +22,15 @@ the largest of its h similarities.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 EARTH_RADIUS_M = 6371008.8  # mean Earth radius (IUGG), metres
+# Metres of great circle per degree of latitude on that sphere.
+M_PER_DEG_LAT = math.pi * EARTH_RADIUS_M / 180.0
 
 # Rows of the similarity matrix computed at once: about 64 MiB of float64 per block.
 _BLOCK_ELEMENTS = 8_000_000

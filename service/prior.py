@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.metrics import EARTH_RADIUS_M, haversine_m
+from model.metrics import EARTH_RADIUS_M, M_PER_DEG_LAT, haversine_m
 from service.errors import BadPrior
 
 # Half the Earth's circumference: a circle this wide already holds every point of the globe.
@@ -41,6 +41,16 @@ class Prior:
             return (lons >= w) & (lons <= e) & (lats >= s) & (lats <= n)
         assert self.near is not None and self.radius_m is not None
         return great_circle_m(self.near[0], self.near[1], lats, lons) <= self.radius_m
+
+    def lat_band(self) -> tuple[float, float]:
+        """(south, north) degrees holding every point inside the prior: the box's, or the
+        circle's (a great circle is at least as long as the difference of latitude it spans),
+        widened by a hair against rounding."""
+        if self.bbox is not None:
+            return self.bbox[1], self.bbox[3]
+        assert self.near is not None and self.radius_m is not None
+        half = self.radius_m / M_PER_DEG_LAT * (1 + 1e-9) + 1e-9
+        return self.near[0] - half, self.near[0] + half
 
     def describe(self) -> str:
         if self.bbox is not None:

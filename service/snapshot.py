@@ -44,9 +44,22 @@ class TileCentres:
         order = np.argsort(ids, kind="stable")
         return cls(ids[order], lats[order], lons[order])
 
+    @cached_property
+    def _by_lat(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positions ordered by latitude, the latitudes in that order)."""
+        order = np.argsort(self.lats, kind="stable")
+        return order, self.lats[order]
+
     def inside(self, prior: Prior) -> np.ndarray:
-        """Ids (ascending) of the tiles whose centre lies inside the prior."""
-        return self.ids[prior.contains(self.lats, self.lons)]
+        """Ids (ascending) of the tiles whose centre lies inside the prior.
+
+        Only the tiles in the prior's band of latitude (`Prior.lat_band`, found by bisection) are
+        tested, so a small prior costs little in a large build; the band holds every tile inside."""
+        order, lats = self._by_lat
+        south, north = prior.lat_band()
+        rows = order[np.searchsorted(lats, south, "left") : np.searchsorted(lats, north, "right")]
+        rows = rows[prior.contains(self.lats[rows], self.lons[rows])]
+        return np.sort(self.ids[rows])
 
 
 @dataclass(frozen=True)
@@ -128,7 +141,7 @@ class IndexSnapshot:
 
     def __post_init__(self) -> None:
         # the tiles' centres as arrays, made once per snapshot (selecting a prior's tiles)
-        self.centres  # noqa: B018
+        self.centres._by_lat  # noqa: B018
 
     @cached_property
     def centres(self) -> TileCentres:

@@ -17,7 +17,6 @@ each region's tile centres is recorded for people and for a router of regions ac
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from model.metrics import EARTH_RADIUS_M
+from model.metrics import M_PER_DEG_LAT
 from storage import faiss_index
 from storage.errors import IndexMismatch
 
 SHARDS_DIR = "shards"
-# Metres of a degree of latitude on the mean-radius sphere the prior's distances use.
-M_PER_DEG_LAT = math.pi * EARTH_RADIUS_M / 180.0
 # Region sides the indexer accepts: a tile's side at the least, a quarter of the globe at most.
 REGION_KM_MIN, REGION_KM_MAX = 0.1, 10_000.0
 

@@ -262,3 +262,31 @@ def test_prior_search_on_hnsw_keeps_no_int8_copy() -> None:
     assert np.isin(ids[ids >= 0], allowed).all()
     exact = snap.parts[0]._exact
     assert exact is not None and exact.int8 is None
+
+
+def test_selecting_a_prior_by_latitude_band_equals_testing_every_tile() -> None:
+    """`TileCentres.inside` tests only the prior's band of latitude: the same tiles as testing all,
+    for small and huge circles (past a pole), boxes, and points on the band's edge."""
+    from service.snapshot import TileCentres
+
+    rng = np.random.default_rng(8)
+    n = 20_000
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)
+    lats = np.concatenate([rng.uniform(-90, 90, n - 200), np.full(200, 45.0)])
+    lons = rng.uniform(-180, 180, n)
+    centres = TileCentres(np.sort(ids), lats[np.argsort(ids)], lons[np.argsort(ids)])
+    priors = [Prior(bbox=(-10.0, 44.0, 10.0, 45.0)), Prior(bbox=(100.0, -90.0, 120.0, 90.0))]
+    for radius in (1.0, 5_000.0, 300_000.0, 3_000_000.0, MAX_RADIUS_M):
+        for lat in (45.0, 89.9, -89.0, 0.0):
+            priors.append(Prior(near=(lat, 7.0), radius_m=radius))
+    # a circle whose edge passes exactly through the 200 tiles on the 45th parallel
+    priors.append(
+        Prior(
+            near=(44.0, lons[-1]),
+            radius_m=float(great_circle_m(44.0, lons[-1], np.array([45.0]), lons[-1:])[0]),
+        )
+    )
+    for prior in priors:
+        want = np.sort(centres.ids[prior.contains(centres.lats, centres.lons)])
+        np.testing.assert_array_equal(centres.inside(prior), want)
+    assert len(centres.inside(priors[-1])) >= 1

@@ -214,6 +214,21 @@ class FlatView:
 
 # Rows scored at a time by a restricted search over memory-mapped vectors (16 MiB at d=1,024).
 _RERANK_CHUNK = 4096
+# Rows are scored run by run (in place) when their runs of consecutive rows are this long on
+# average; shorter runs cost more in calls than the copy they save.
+_MIN_RUN = 8
+
+
+def _runs(rows: np.ndarray, longest: int) -> list[slice]:
+    """`rows` (ascending) as slices of consecutive rows, none longer than `longest`."""
+    if not len(rows):
+        return []
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    out: list[slice] = []
+    for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(rows)], strict=True):
+        first, last = int(rows[start]), int(rows[stop - 1]) + 1
+        out.extend(slice(a, min(a + longest, last)) for a in range(first, last, longest))
+    return out
 
 
 class RerankView(FlatView):
@@ -267,13 +282,22 @@ class RerankView(FlatView):
         its k-th) hold the k best of all, and no more than a chunk is copied from the map."""
         if rows is None:
             rows = np.arange(len(self.ids))
-        if len(rows) <= _RERANK_CHUNK:
-            return super()._rescore(q, rows, k)
+        runs: list[slice] | list[np.ndarray] = _runs(rows, _RERANK_CHUNK)
+        if len(runs) > len(rows) // _MIN_RUN:
+            if len(rows) <= _RERANK_CHUNK:
+                return super()._rescore(q, rows, k)
+            # scattered rows (a re-rank's candidates): copied from the map a chunk at a time
+            runs = [rows[at : at + _RERANK_CHUNK] for at in range(0, len(rows), _RERANK_CHUNK)]
         best_s, best_r = [], []
-        for at in range(0, len(rows), _RERANK_CHUNK):
-            chunk = rows[at : at + _RERANK_CHUNK]
-            vectors = self.vectors[torch.from_numpy(chunk)]
-            sims = (vectors @ torch.from_numpy(q)).numpy()
+        qt = torch.from_numpy(q)
+        for run in runs:
+            # rows in runs of consecutive rows (a prior's tiles: rows of tiles of a raster) are
+            # scored in place, as views of the map, without copying them first
+            vectors = (
+                self.vectors[torch.from_numpy(run)] if isinstance(run, np.ndarray) else self.vectors[run]
+            )
+            sims = (vectors @ qt).numpy()
+            chunk = run if isinstance(run, np.ndarray) else np.arange(run.start, run.stop)
             kth = np.partition(sims, len(sims) - min(k, len(sims)))[len(sims) - min(k, len(sims))]
             keep = sims >= kth
             best_s.append(sims[keep])

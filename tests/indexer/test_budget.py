@@ -316,3 +316,23 @@ def test_info_figures_of_an_hnsw_index(tmp_path: Path) -> None:
     _, got = index.search(x[rows], 10)
     assert f["recall_at_10"] == pytest.approx(_recall(got, _brute(x, ids, x[rows], 10)))
     assert f["recall_at_10_rerank"] is None and f["recall_queries"] == 40
+
+
+def test_restricted_rerank_scores_runs_of_rows_in_place_with_the_exact_answer(budget_build: tuple) -> None:
+    """A prior's tiles come in runs of consecutive rows (rows of tiles of a raster): scored as
+    views of the map, run by run and in chunks, with the answer of scoring every allowed row."""
+    folder, x, ids, _ = budget_build
+    index, _ = fi.read_index(folder)
+    view = FlatView.of(index)
+    assert isinstance(view, RerankView)
+    rows = np.r_[100:5200, 6000:6003, 7000:7100, N - 9 : N]  # a run longer than a chunk, short ones, the last
+    allowed = ids[rows]
+    rng = np.random.default_rng(4)
+    q = x[rng.choice(rows, 5, replace=False)] + 0.05 * rng.standard_normal((5, D)).astype(np.float32)
+    for k in (1, 10, 300):
+        scores, got = view.search(q, k, allowed)
+        sims = q @ x[rows].T
+        for r in range(len(q)):
+            order = np.lexsort((rows, -sims[r]))[:k]
+            np.testing.assert_array_equal(got[r], ids[rows[order]])
+            np.testing.assert_allclose(scores[r], sims[r][order], rtol=1e-5, atol=1e-6)

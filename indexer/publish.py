@@ -190,17 +190,16 @@ def _spec(kind: str, n: int, d: int, budget: int | None, name: str = "") -> Any:
 def region_vectors(
     ctx: BuildContext, plan: MergePlan, params: BuildParams
 ) -> list[tuple[regions.Region, Vectors, int | None]]:
-    """Each region's tiles (`--region-km`) with its share of the memory budget (in proportion to
-    its tiles), its vectors copied once from the embedding shards into a file of its own in the
-    work folder (each region's index then reads only its own). Every region's index type is
-    chosen first, so a budget that a region cannot meet stops the build before any training."""
+    """Each region's tiles (`--region-km`) with its share of the memory budget
+    (`storage.regions.budget_shares`), its vectors copied once from the embedding shards into a
+    file of its own in the work folder (each region's index then reads only its own). Every
+    region's index type is chosen first, so a budget that a region cannot meet stops the build
+    before any training."""
     assert params.region_km is not None
     ids, lats, lons = _centres(ctx, plan.keep)
-    n, d = max(len(ids), 1), ctx.loaded.config.descriptor_dim
+    d = ctx.loaded.config.descriptor_dim
     groups = list(regions.group_by_region(ids, lats, lons, params.region_km))
-    shares = [
-        None if params.memory_budget is None else params.memory_budget * r.ntotal // n for r, _ in groups
-    ]
+    shares = regions.budget_shares([r.ntotal for r, _ in groups], d, params.memory_budget)
     for (region, _), share in zip(groups, shares, strict=True):
         _spec(params.index_type, region.ntotal, d, share, region.name)
     folder = ctx.work_dir / "regions"

@@ -292,12 +292,13 @@ class Corpus:
 
 def region_table(c: Corpus, budget: int, args: argparse.Namespace, work: Path, radii: list[float]) -> None:
     """The corpus split into regions of --region-km, one budgeted index each (the budget shared
-    in proportion to tiles): recall, p50 over every region, and with priors."""
+    as a build shares it, `storage.regions.budget_shares`): recall, p50 over every region, and
+    with priors."""
     n = len(c.ids)
     parts, build_s, ram = [], 0.0, 0
     groups = list(regions.group_by_region(c.ids, c.lats, c.lons, args.region_km))
-    for region, members in groups:
-        share = budget * len(members) // n
+    shares = regions.budget_shares([len(m) for _, m in groups], c.x.shape[1], budget)
+    for (region, members), share in zip(groups, shares, strict=True):
         index, meta, s = build_part(c.x[members - 1], members, share, work / region.name)
         parts.append(IndexPart(index, FlatView.of(index), region.name))
         build_s += s

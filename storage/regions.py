@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from model.metrics import M_PER_DEG_LAT
+from storage import budget as budgets
 from storage import faiss_index
 from storage.errors import IndexMismatch
 
@@ -76,6 +77,28 @@ def group_by_region(
         la, lo = lats[rows], lons[rows]
         box = (float(lo.min()), float(la.min()), float(lo.max()), float(la.max()))
         yield Region(str(name), box, len(rows)), np.sort(ids[rows])
+
+
+def budget_shares(sizes: list[int], d: int, budget: int | None) -> list[int | None]:
+    """Each region's part of a memory budget (bytes), for regions of `sizes` tiles of d dims.
+
+    A region too small to train a compressed index on (`budget.QUANTIZE_MIN_TILES`) gets what
+    its flat index takes; the rest of the budget is shared by the other regions in proportion to
+    their tiles. A budget smaller than the small regions' flat indexes gives them their
+    proportional share too (and the index choice then says what does not fit)."""
+    if budget is None:
+        return [None] * len(sizes)
+    flat = faiss_index.IndexSpec("flat", "IDMap2,Flat")
+    small = [n < budgets.QUANTIZE_MIN_TILES for n in sizes]
+    kept = sum(faiss_index.serving_bytes(flat, n, d) for n, s in zip(sizes, small, strict=True) if s)
+    rest, big = budget - kept, sum(n for n, s in zip(sizes, small, strict=True) if not s)
+    if rest < 0:
+        total = max(sum(sizes), 1)
+        return [budget * n // total for n in sizes]
+    return [
+        faiss_index.serving_bytes(flat, n, d) if s else rest * n // max(big, 1)
+        for n, s in zip(sizes, small, strict=True)
+    ]
 
 
 REGION_VECTORS, REGION_IDS = "{}.vectors.npy", "{}.ids.npy"

@@ -340,3 +340,17 @@ def test_regions_that_do_not_hold_the_catalogue_tiles_are_refused(tmp_path: Path
     odd = IndexSnapshot(1, None, {}, tiles, Path("."), regions=split.regions)
     with pytest.raises(IndexBuildError, match="its regions hold other tile ids than its catalogue"):
         odd.check_regions()
+
+
+def test_budget_shares_give_small_regions_their_flat_index_and_share_the_rest() -> None:
+    d = 64
+    flat = fi.serving_bytes(fi.IndexSpec("flat", "IDMap2,Flat"), 1, d)  # bytes per tile, flat
+    assert regions.budget_shares([5, 7], d, None) == [None, None]
+    # a small region (below 10,000 tiles) gets its flat index; the two large ones the rest, 1:3
+    shares = regions.budget_shares([20_000, 500, 60_000], d, 10_000_000)
+    assert shares[1] == 500 * flat
+    rest = 10_000_000 - 500 * flat
+    assert shares[0] == rest * 20_000 // 80_000 and shares[2] == rest * 60_000 // 80_000
+    assert sum(s for s in shares if s is not None) <= 10_000_000
+    # a budget below the small regions' flat indexes: shared in proportion (the choice then fails)
+    assert regions.budget_shares([500, 1500], d, 1000) == [250, 750]

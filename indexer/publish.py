@@ -144,6 +144,10 @@ def build_index(
     index = faiss_index.new_index(spec, d)
     if not index.is_trained:
         index = faiss_index.train(index, spec, source.every(spec.train_size), use_gpu)
+    if spec.nprobe is not None:
+        # assigning a vector to its list needs no wider search of an HNSW coarse quantizer than
+        # its default breadth; the search breadth is set by the tuning below
+        faiss_index.set_nprobe(index, 1)
     for block_ids, vectors in source.blocks():
         index.add_with_ids(vectors, block_ids)
     stats: dict[str, Any] = {"index_bytes": faiss_index.index_bytes(index)}

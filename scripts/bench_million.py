@@ -24,8 +24,8 @@ Printed, one Markdown table each:
    tile in RAM and the ratio to flat;
 3. priors: `near` a random tile's centre with each --radii-m radius, the service's select +
    search against the same query without a prior (p50 and the speed-up);
-4. with --region-km, the same corpus split into regions (one budgeted index each, the budget
-   shared by tiles), searched over every region (merged) and with the priors.
+4. with --region-km, the same corpus split into regions of exact (flat) indexes, searched over
+   every region (merged) and with the priors.
 """
 
 from __future__ import annotations
@@ -137,6 +137,8 @@ def build_part(x: np.ndarray, ids: np.ndarray, budget: int | None, work: Path) -
     if not index.is_trained:
         step = max(1, n // max(spec.train_size, 1))
         index = fi.train(index, spec, np.ascontiguousarray(x[::step][: spec.train_size]))
+    if spec.nprobe is not None:
+        fi.set_nprobe(index, 1)  # as the build adds: the coarse graph's default breadth
     for at in range(0, n, 100_000):
         index.add_with_ids(x[at : at + 100_000], ids[at : at + 100_000])
     if spec.rerank:
@@ -248,6 +250,8 @@ def main() -> None:
     print(row(f"{n:,}", f"{flat_bytes / n:,.0f}", f"{flat_ms:.1f} ms"))
     radii = [float(r) for r in args.radii_m.split(",")]
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        if args.region_km:
+            region_table(corpus, None, args, Path(tmp) / "regions", radii)
         for text in args.budgets.split(","):
             budget = parse_size(text)
             index, meta, build_s = build_part(x, ids, budget, Path(tmp) / f"b{budget}")
@@ -275,8 +279,6 @@ def main() -> None:
             for radius, inside, pms, _ in prior_rows(snap, q, radii, args.repeats, 0):
                 print(row(f"near, {radius:,.0f} m", f"{inside:,.0f}", f"{pms:.2f} ms", f"{ms / pms:.1f}x"))
             faiss.omp_set_num_threads(2)
-            if args.region_km:
-                region_table(corpus, budget, args, Path(tmp) / f"r{budget}", radii)
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,9 @@ class Corpus:
     truth: np.ndarray  # ids of each query's exact top K
 
 
-def region_table(c: Corpus, budget: int, args: argparse.Namespace, work: Path, radii: list[float]) -> None:
+def region_table(
+    c: Corpus, budget: int | None, args: argparse.Namespace, work: Path, radii: list[float]
+) -> None:
     """The corpus split into regions of --region-km, one budgeted index each (the budget shared
     as a build shares it, `storage.regions.budget_shares`): recall, p50 over every region, and
     with priors."""
@@ -308,7 +312,8 @@ def region_table(c: Corpus, budget: int, args: argparse.Namespace, work: Path, r
     r10 = recall(snap, c.queries, c.truth)
     ms = p50_ms(lambda query, r: snap.search(query, K), c.queries, args.repeats)
     sizes = [len(m) for _, m in groups]
-    header = (f"regions of {args.region_km:g} km", "tiles per region", "bytes/tile RAM", "recall@10")
+    kind = "flat" if budget is None else describe(budget)
+    header = (f"regions of {args.region_km:g} km ({kind})", "tiles per region", "bytes/tile RAM", "recall@10")
     table((*header, "p50, all regions", "build"), "---: ---: ---: ---: ---: ---:")
     span = f"{min(sizes):,}-{max(sizes):,}"
     print(row(len(parts), span, f"{ram / n:,.1f}", f"{r10:.3f}", f"{ms:.2f} ms", f"{build_s:.0f} s"))

@@ -110,6 +110,24 @@ def plan(args: argparse.Namespace) -> None:
             f" = {machines:,.1f} machines of {args.machine_gib} GiB"
         )
     print(f"  shard files (float32 vectors): {tiles * d * 4 / 1e12:,.1f} TB")
+    # Under a memory budget: the index --memory-budget chooses on each machine when the tiles are
+    # split into regions (--region-km) of one machine each, for 1, 2, 4, ... machines.
+    budget = int(args.machine_gib * 2**30 * args.index_share)
+    print(f"  --memory-budget {args.index_share:.0%} of {args.machine_gib} GiB, one region per machine:")
+    for machines in (1, 2, 4, 8, 16, 32):
+        per = int(tiles / machines)
+        try:
+            spec = fi.choose_spec("auto", per, d, budget)
+        except ValueError:
+            print(f"    {machines} machines of {per:.3g} tiles: no index fits")
+            continue
+        mem = fi.estimate_memory(spec, per, d)
+        side_km = (per * args.stride_m**2) ** 0.5 / 1000
+        print(
+            f"    {machines} machines of {per:.3g} tiles (regions of about {side_km:,.0f} km): "
+            f"{spec.factory}, {mem.per_vector:,.0f} bytes/tile, {mem.total / 2**30:,.0f} GiB; "
+            f"exact vectors on disk {per * d * 4 / 1e12:,.1f} TB per machine"
+        )
 
 
 def main() -> None:
@@ -127,6 +145,9 @@ def main() -> None:
     p.add_argument("--plan-batch", type=int, default=4, help="--plan: tiles per timed forward pass")
     p.add_argument("--gpu-tflops", type=float, default=67.0, help="--plan: GPU FP32 peak (H100 SXM: 67)")
     p.add_argument("--machine-gib", type=int, default=512, help="--plan: memory of an index machine")
+    p.add_argument(
+        "--index-share", type=float, default=0.75, help="--plan: part of a machine's memory for its index"
+    )
     args = p.parse_args()
     if args.plan:
         plan(args)

@@ -24,8 +24,9 @@ Printed, one Markdown table each:
    tile in RAM and the ratio to flat;
 3. priors: `near` a random tile's centre with each --radii-m radius, the service's select +
    search against the same query without a prior (p50 and the speed-up);
-4. with --region-km, the same corpus split into regions of exact (flat) indexes, searched over
-   every region (merged) and with the priors.
+4. with --region-km, the same corpus split into regions, each indexed as `--index-type auto`
+   does (flat below 50,000 tiles, IVF-PQ with its exact vectors above), searched over every
+   region (merged) and with the priors.
 """
 
 from __future__ import annotations
@@ -312,7 +313,7 @@ def region_table(
     r10 = recall(snap, c.queries, c.truth)
     ms = p50_ms(lambda query, r: snap.search(query, K), c.queries, args.repeats)
     sizes = [len(m) for _, m in groups]
-    kind = "flat" if budget is None else describe(budget)
+    kind = "--index-type auto" if budget is None else describe(budget)
     header = (f"regions of {args.region_km:g} km ({kind})", "tiles per region", "bytes/tile RAM", "recall@10")
     table((*header, "p50, all regions", "build"), "---: ---: ---: ---: ---: ---:")
     span = f"{min(sizes):,}-{max(sizes):,}"

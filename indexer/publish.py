@@ -33,6 +33,7 @@ from indexer.errors import IndexerError
 from indexer.overview import write_build_overview
 from indexer.params import BuildParams
 from storage import catalog, faiss_index, regions
+from storage.budget import QUANTIZE_MIN_TILES
 from storage.db import session_scope
 from storage.models import Tile
 
@@ -159,14 +160,14 @@ def build_index(
         faiss_index.attach_exact(index, exact)
     if spec.kind != "flat":
         queries = source.every(faiss_index.RECALL_QUERIES)
+        # one exact search of the sample, for the tuning and the recall alike
+        truth = faiss_index.exact_top(queries, (v for _, v in source.blocks()), ids)
         if spec.nprobe is not None:
             # probe the fewest lists that reach the recall target as served (with the re-rank)
-            db = (v for _, v in source.blocks())
-            nprobe, _, tried = faiss_index.tune_nprobe(index, queries, db, ids, spec.nprobe)
+            nprobe, _, tried = faiss_index.tune_nprobe(index, queries, (), ids, spec.nprobe, truth)
             spec = dataclasses.replace(spec, nprobe=nprobe)
             stats["nprobe_recalls"] = [[p, round(r, 4)] for p, r in tried]
-        db = (v for _, v in source.blocks())
-        plain, served = faiss_index.measure_recalls(index, queries, db, ids, (False, None))
+        plain, served = faiss_index.measure_recalls(index, queries, (), ids, (False, None), truth)
         stats["recall_at_10"] = round(served, 4)
         if spec.rerank:
             stats["recall_at_10_no_rerank"] = round(plain, 4)
@@ -175,8 +176,8 @@ def build_index(
 
 
 # A region this small gets a flat index whatever --index-type asks: IVF-PQ cannot train on it
-# (8-bit codes want 256 x 39 points), and an exact search of it is fast anyway.
-REGION_FLAT_BELOW = 10_000
+# (the budget rules' quantisation minimum), and an exact search of it is fast anyway.
+REGION_FLAT_BELOW = QUANTIZE_MIN_TILES
 
 
 def _spec(kind: str, n: int, d: int, budget: int | None, name: str = "") -> Any:

@@ -236,17 +236,20 @@ def set_nprobe(index: Any, nprobe: int) -> None:
 
 
 def tune_nprobe(
-    index: Any, queries: np.ndarray, db: Iterable[np.ndarray], ids: np.ndarray, most: int
+    index: Any,
+    queries: np.ndarray,
+    db: Iterable[np.ndarray],
+    ids: np.ndarray,
+    most: int,
+    truth: np.ndarray | None = None,
 ) -> tuple[int, float, list[tuple[int, float]]]:
     """The smallest nprobe (1, 2, 4, ... up to `most`) whose recall@10 against exact search, as
     the service searches (with the exact re-rank when the index keeps its vectors), reaches
     RECALL_TARGET; `most` when none does. Leaves the index probing that many lists.
-    Returns (nprobe, its recall, every (nprobe, recall) tried)."""
-    from faiss.contrib.exhaustive_search import knn_ground_truth
-
+    Returns (nprobe, its recall, every (nprobe, recall) tried). `truth`: the queries' exact top
+    ids (`exact_top`), when already known (`db` is then not read)."""
     k = min(RECALL_K, len(ids))
-    _, positions = knn_ground_truth(queries, db, k, metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)
-    truth = ids[positions]
+    truth = exact_top(queries, db, ids) if truth is None else truth
     tried: list[tuple[int, float]] = []
     nprobe = 1
     while True:
@@ -293,13 +296,22 @@ def measure_recalls(
     db: Iterable[np.ndarray],
     ids: np.ndarray,
     reranks: tuple[bool | None, ...] = (False, True),
+    truth: np.ndarray | None = None,
 ) -> list[float]:
-    """recall@10 of `index` (`measure_recall`) for each re-rank setting, over one exact search."""
+    """recall@10 of `index` (`measure_recall`) for each re-rank setting, over one exact search
+    (`truth`, the queries' exact top ids, when already known: `db` is then not read)."""
+    truth = exact_top(queries, db, ids) if truth is None else truth
+    k = truth.shape[1]
+    return [recall_at_k(search(index, queries, k, rerank)[1], truth) for rerank in reranks]
+
+
+def exact_top(queries: np.ndarray, db: Iterable[np.ndarray], ids: np.ndarray) -> np.ndarray:
+    """Ids of each query's exact top min(RECALL_K, n) over the blocks `db` of the vectors of `ids`."""
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     k = min(RECALL_K, len(ids))
     _, positions = knn_ground_truth(queries, db, k, metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)
-    return [recall_at_k(search(index, queries, k, rerank)[1], ids[positions]) for rerank in reranks]
+    return np.asarray(ids[positions])
 
 
 def search(

@@ -52,31 +52,44 @@ class Region:
         return cls(str(value["name"]), (w, s, e, n), int(value["ntotal"]))
 
 
-def region_names(lats: np.ndarray, lons: np.ndarray, km: float) -> np.ndarray:
-    """The region (grid cell name, `<row>_<col>`) of each point (degrees), for cells of `km`."""
+def region_cells(lats: np.ndarray, lons: np.ndarray, km: float) -> np.ndarray:
+    """The grid cell (row, col) of each point (degrees), for cells of `km`: (n, 2) int64."""
     lats, lons = np.asarray(lats, dtype=np.float64), np.asarray(lons, dtype=np.float64)
     dlat = km * 1000.0 / M_PER_DEG_LAT
     rows = np.floor((lats + 90.0) / dlat).astype(np.int64)
     middle = np.clip(-90.0 + (rows + 0.5) * dlat, -89.0, 89.0)
     dlon = dlat / np.cos(np.radians(middle))
     cols = np.floor((lons + 180.0) / dlon).astype(np.int64)
-    return np.array([f"{r:05d}_{c:05d}" for r, c in zip(rows, cols, strict=True)], dtype=object)
+    return np.stack([rows, cols], axis=1).reshape(-1, 2)
+
+
+def cell_name(row: int, col: int) -> str:
+    """A region's folder name, `<row>_<col>`."""
+    return f"{row:05d}_{col:05d}"
+
+
+def region_names(lats: np.ndarray, lons: np.ndarray, km: float) -> np.ndarray:
+    """The region (grid cell name, `<row>_<col>`) of each point (degrees), for cells of `km`."""
+    return np.array([cell_name(r, c) for r, c in region_cells(lats, lons, km)], dtype=object)
 
 
 def group_by_region(
     ids: np.ndarray, lats: np.ndarray, lons: np.ndarray, km: float
 ) -> Iterator[tuple[Region, np.ndarray]]:
-    """(region, its tile ids ascending) of every region holding one of the tiles, by name."""
+    """(region, its tile ids ascending) of every region holding one of the tiles, by cell (row,
+    then column)."""
     ids = np.asarray(ids, dtype=np.int64)
     lats, lons = np.asarray(lats, dtype=np.float64), np.asarray(lons, dtype=np.float64)
-    names, which = np.unique(region_names(lats, lons, km).astype(str), return_inverse=True)
+    # integer cells, named once each (a name per tile would cost a string per tile)
+    cells, which = np.unique(region_cells(lats, lons, km), axis=0, return_inverse=True)
+    which = which.reshape(-1)
     order = np.argsort(which, kind="stable")
-    bounds = np.searchsorted(which[order], np.arange(len(names) + 1))
-    for at, name in enumerate(names):
+    bounds = np.searchsorted(which[order], np.arange(len(cells) + 1))
+    for at, (row, col) in enumerate(cells):
         rows = order[bounds[at] : bounds[at + 1]]
         la, lo = lats[rows], lons[rows]
         box = (float(lo.min()), float(la.min()), float(lo.max()), float(la.max()))
-        yield Region(str(name), box, len(rows)), np.sort(ids[rows])
+        yield Region(cell_name(int(row), int(col)), box, len(rows)), np.sort(ids[rows])
 
 
 def budget_shares(sizes: list[int], d: int, budget: int | None) -> list[int | None]:

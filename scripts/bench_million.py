@@ -24,7 +24,8 @@ Printed, one Markdown table each:
    tile in RAM and the ratio to flat;
 3. priors: `near` a random tile's centre with each --radii-m radius, the service's select +
    search against the same query without a prior (p50 and the speed-up);
-4. with --region-km, the same corpus split into regions, each indexed as `--index-type auto`
+4. for an IVF index, the ground queries' recall@10 and p50 by nprobe, around the tuned value;
+5. with --region-km, the same corpus split into regions, each indexed as `--index-type auto`
    does (flat below 50,000 tiles, IVF-PQ with its exact vectors above), searched over every
    region (merged) and with the priors.
 """
@@ -279,7 +280,24 @@ def main() -> None:
             print(row("none", f"{n:,}", f"{ms:.2f} ms", 1))
             for radius, inside, pms, _ in prior_rows(snap, q, radii, args.repeats, 0):
                 print(row(f"near, {radius:,.0f} m", f"{inside:,.0f}", f"{pms:.2f} ms", f"{ms / pms:.1f}x"))
+            if "nprobe" in meta:
+                nprobe_table(snap, index, int(meta["nprobe"]), corpus, args.repeats)
             faiss.omp_set_num_threads(2)
+
+
+def nprobe_table(snap: IndexSnapshot, index: Any, tuned: int, c: Corpus, repeats: int) -> None:
+    """Ground queries' recall@10 and p50 as served, by lists probed (1, 2, 4, ... 4x the tuned
+    value): the trade the build's tuning (on stored vectors) chose from."""
+    nlist = int(faiss.extract_index_ivf(index).nlist)
+    table(("nprobe", "recall@10 (ground queries)", "p50"), "---: ---: ---:")
+    probes = 1
+    while probes <= min(nlist, 4 * tuned):
+        fi.set_nprobe(index, probes)
+        r10 = recall(snap, c.queries, c.truth)
+        ms = p50_ms(lambda query, r: snap.search(query, K), c.queries, repeats)
+        print(row(f"**{probes}** (tuned)" if probes == tuned else probes, f"{r10:.3f}", f"{ms:.2f} ms"))
+        probes *= 2
+    fi.set_nprobe(index, tuned)
 
 
 @dataclass(frozen=True)

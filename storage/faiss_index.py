@@ -43,6 +43,10 @@ RECALL_QUERIES, RECALL_K = 1000, 10
 # An IVF index probes the fewest lists that reach this recall@10 on the build's own sample
 # (`tune_nprobe`), as autofaiss tunes its indexes to a target.
 RECALL_TARGET = 0.95
+# ... unless recall stops rising first: a doubling of nprobe that gains less than this is a
+# plateau, where the codes or the re-rank depth limit recall, not the lists probed, and more
+# lists only cost time (measured at a million tiles: 0.912 at 32 lists, 0.907 at 2,048).
+PLATEAU_GAIN = 0.005
 VECTORS_FILE, VECTOR_IDS_FILE = "vectors.npy", "vector_ids.npy"
 # Candidates re-ranked exactly per query: max(RERANK_FACTOR * k, RERANK_MIN).
 RERANK_FACTOR, RERANK_MIN = 4, 100
@@ -245,7 +249,8 @@ def tune_nprobe(
 ) -> tuple[int, float, list[tuple[int, float]]]:
     """The smallest nprobe (1, 2, 4, ... up to `most`) whose recall@10 against exact search, as
     the service searches (with the exact re-rank when the index keeps its vectors), reaches
-    RECALL_TARGET; `most` when none does. Leaves the index probing that many lists.
+    RECALL_TARGET; short of that, the last before recall stops rising (a doubling that gains less
+    than PLATEAU_GAIN), or `most`. Leaves the index probing that many lists.
     Returns (nprobe, its recall, every (nprobe, recall) tried). `truth`: the queries' exact top
     ids (`exact_top`), when already known (`db` is then not read)."""
     k = min(RECALL_K, len(ids))
@@ -258,6 +263,9 @@ def tune_nprobe(
         tried.append((nprobe, recall_at_k(search(index, queries, k)[1], truth)))
         if tried[-1][1] >= RECALL_TARGET or nprobe >= most:
             return nprobe, tried[-1][1], tried
+        if len(tried) > 1 and tried[-1][1] - tried[-2][1] < PLATEAU_GAIN:
+            set_nprobe(index, tried[-2][0])
+            return tried[-2][0], tried[-2][1], tried
         nprobe *= 2
 
 

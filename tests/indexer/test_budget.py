@@ -161,6 +161,28 @@ def test_nprobe_is_tuned_to_the_fewest_lists_reaching_the_recall_target(budget_b
     assert fi.tune_nprobe(index, q, iter([x]), ids, most=1)[0] == 1  # never more than `most`
 
 
+def test_nprobe_tuning_stops_where_recall_stops_rising(budget_build: tuple) -> None:
+    # coarse codes and no exact vectors: recall is limited by the codes, not the lists probed,
+    # so probing every list costs time and buys (almost) nothing
+    _, x, ids, _ = budget_build
+    index = faiss.index_factory(D, "IVF64,PQ4x4", faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add_with_ids(x, ids)
+    rng = np.random.default_rng(4)
+    q = x[rng.choice(N, 300, replace=False)] + 0.02 * rng.standard_normal((300, D)).astype(np.float32)
+    want = _brute(x, ids, q, 10)
+
+    def recall_at(probes: int) -> float:
+        fi.set_nprobe(index, probes)
+        return _recall(index.search(q, 10)[1], want)
+
+    nprobe, recall, tried = fi.tune_nprobe(index, q, iter([x]), ids, most=64)
+    assert faiss.extract_index_ivf(index).nprobe == nprobe < 64
+    assert recall < fi.RECALL_TARGET and tried[-1][0] == 2 * nprobe
+    assert tried[-1][1] - recall < fi.PLATEAU_GAIN  # the doubling that did not pay
+    assert recall == pytest.approx(recall_at(nprobe)) and recall_at(64) < recall + 0.02
+
+
 @pytest.mark.parametrize("box", [(14.2, 44.3, 14.6, 44.7), (14.0, 44.0, 15.5, 45.6)])  # ~4 %, ~56 %
 def test_prior_on_the_budget_index_equals_exhaustive_filtered(budget_build: tuple, box: tuple) -> None:
     folder, x, ids, _ = budget_build

@@ -354,3 +354,79 @@ def test_budget_shares_give_small_regions_their_flat_index_and_share_the_rest() 
     assert sum(s for s in shares if s is not None) <= 10_000_000
     # a budget below the small regions' flat indexes: shared in proportion (the choice then fails)
     assert regions.budget_shares([500, 1500], d, 1000) == [250, 750]
+
+
+def _region_result(url: str, idx: Path) -> tuple[dict[int, tuple[float, float]], dict[str, dict[int, bytes]]]:
+    """The active build's tiles and, per region, each tile's stored vector."""
+    engine = make_engine(url)
+    catalog = Catalog(engine)
+    build = catalog.active_build()
+    assert build is not None and build.status == "complete"
+    tiles = {t.id: (t.lat, t.lon) for t in catalog.places_of_build(build.id).values()}
+    folder = Path(str(build.index_path))
+    engine.dispose()
+    held = {}
+    for region, index, _ in regions.read_regions(folder):
+        ids = fi.index_ids(index)
+        held[region.name] = {
+            int(i): v.tobytes() for i, v in zip(ids, fi._stored_matrix(index, ids), strict=True)
+        }
+    return tiles, held
+
+
+def test_a_region_merge_interrupted_resumes_to_the_uninterrupted_result(
+    tmp_path: Path,
+    make_raster: Callable[..., Path],
+    tiny_weights: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Interrupted between two regions' indexes (one region written in the temporary folder), the
+    build serves nothing half-made, and the same command resumes to the uninterrupted build."""
+    import indexer.publish as publish
+
+    rasters = _raster_far_apart(make_raster)
+
+    def build(db: str, *extra: str) -> int:
+        url, idx = f"sqlite:///{tmp_path / db}.db", tmp_path / db
+        common = ["--database-url", url, "--index-dir", str(idx), "build", "--no-progress"]
+        return main(
+            [*common, "--weights", str(tiny_weights), "--imagery", *rasters, "--index-type", "flat", *extra]
+        )
+
+    assert build("a", "--region-km", "10") == 0
+    expected = _region_result(f"sqlite:///{tmp_path / 'a'}.db", tmp_path / "a")
+    assert len(expected[1]) == 2
+
+    assert build("b") == 0  # build 1 (one index) serves while build 2 is made
+    real, calls = publish.build_index, []
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:  # the first region's index is already written
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(publish, "build_index", interrupted)
+    capsys.readouterr()
+    assert build("b", "--region-km", "10") == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert (tmp_path / "b" / ".build-2.tmp" / regions.SHARDS_DIR).is_dir()  # a region was written
+    engine = make_engine(f"sqlite:///{tmp_path / 'b'}.db")
+    catalog = Catalog(engine)
+    active, second = catalog.active_build(), catalog.build(2)
+    engine.dispose()
+    assert active is not None and active.id == 1  # the last good index still serves
+    assert second is not None and second.status == "building" and not (tmp_path / "b" / "build-2").exists()
+
+    monkeypatch.setattr(publish, "build_index", real)
+    assert build("b", "--region-km", "10") == 0
+    assert "build 2: complete (resumed)" in capsys.readouterr().out
+    tiles, held = _region_result(f"sqlite:///{tmp_path / 'b'}.db", tmp_path / "b")
+    # build 2's ids follow build 1's: the same tiles, places and vectors, region by region
+    shift = min(tiles) - min(expected[0])
+    assert {i - shift: place for i, place in tiles.items()} == expected[0]
+    assert held.keys() == expected[1].keys()
+    for name, vectors in held.items():
+        assert {i - shift: v for i, v in vectors.items()} == expected[1][name]
+    assert not (tmp_path / "b" / ".build-2.tmp").exists() and not list((tmp_path / "b").glob("build-*.work"))

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_million.py --data-dir var/corpus/data --builds 1,2 \
         --rotations 4 --queries var/corpus/queries.npy [--budgets 256MiB] \
-        [--radii-m 2000,10000] [--region-km 10] [--repeats 200] [--prior-only]
+        [--radii-m 2000,10000] [--region-km 10] [--repeats 200]
 
 The corpus is the descriptors stored by flat builds (`cvm-index build --index-type flat`, one
 index or regions) of rendered imagery, with each tile's centre from the catalogue. With
@@ -27,9 +27,7 @@ Printed, one Markdown table each:
 4. for an IVF index, the ground queries' recall@10 and p50 by nprobe, around the tuned value;
 5. with --region-km, the same corpus split into regions, each indexed as `--index-type auto`
    does (flat below 50,000 tiles, IVF-PQ with its exact vectors above), searched over every
-   region (merged) and with the priors;
-6. with --prior-only, instead of all that: a prior's search of the exact vectors, with the float32
-   vectors alone and with their int8 copy first (`prior_passes`).
+   region (merged) and with the priors.
 """
 
 from __future__ import annotations
@@ -49,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.runtime import set_search_threads  # noqa: E402
 from service.catalog import TilePlace  # noqa: E402
-from service.flat_search import FlatView, RerankView  # noqa: E402
+from service.flat_search import FlatView  # noqa: E402
 from service.prior import Prior  # noqa: E402
 from service.snapshot import IndexPart, IndexSnapshot, resolve_index_dir  # noqa: E402
 from storage import faiss_index as fi  # noqa: E402
@@ -231,11 +229,6 @@ def main() -> None:
     p.add_argument("--region-km", type=float)
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
-    p.add_argument(
-        "--prior-only",
-        action="store_true",
-        help="only the priors' search over the exact vectors, float32 alone and int8 first (6.)",
-    )
     args = p.parse_args()
     set_search_threads(1)  # one query at a time, as a request
     faiss.omp_set_num_threads(2)  # training and adding may use both cores
@@ -248,11 +241,6 @@ def main() -> None:
     print(
         f"{n:,} descriptors of {d} dims ({n // args.rotations:,} tiles x {args.rotations}); {len(q)} queries"
     )
-    radii = [float(r) for r in args.radii_m.split(",")]
-    if args.prior_only:
-        with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-            prior_passes(corpus, Path(tmp), radii, args.repeats)
-        return
     flat_bytes = fi.estimate_memory(fi.IndexSpec("flat", "IDMap2,Flat"), n, d).total
     flat = faiss.IndexFlatIP(d)
     flat.add(x)
@@ -262,6 +250,7 @@ def main() -> None:
     flat = None  # its 4 GB freed before the budgeted indexes are built
     table(("exact search (flat)", "bytes/tile", "p50"), "--- ---: ---:")
     print(row(f"{n:,}", f"{flat_bytes / n:,.0f}", f"{flat_ms:.1f} ms"))
+    radii = [float(r) for r in args.radii_m.split(",")]
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         if args.region_km:
             region_table(corpus, None, args, Path(tmp) / "regions", radii)
@@ -309,54 +298,6 @@ def nprobe_table(snap: IndexSnapshot, index: Any, tuned: int, c: Corpus, repeats
         print(row(f"**{probes}** (tuned)" if probes == tuned else probes, f"{r10:.3f}", f"{ms:.2f} ms"))
         probes *= 2
     fi.set_nprobe(index, tuned)
-
-
-def prior_passes(c: Corpus, work: Path, radii: list[float], repeats: int) -> None:
-    """A prior's search of a compressed index scores the exact vectors of the tiles inside it,
-    which does not involve the codes: the exact vectors (and their int8 copy) as a build writes
-    them, beside a small IVF-PQ index, searched with the float32 vectors alone and with the
-    int8 copy first (`service.flat_search.RerankView`); the answers must be the same."""
-    n, d = c.x.shape
-    index = faiss.index_factory(d, "IVF256,PQ16", faiss.METRIC_INNER_PRODUCT)
-    index.train(np.ascontiguousarray(c.x[:: max(1, n // 20_000)]))
-    for at in range(0, n, 100_000):
-        index.add_with_ids(c.x[at : at + 100_000], c.ids[at : at + 100_000])
-    blocks = ((c.ids[a : a + 100_000], c.x[a : a + 100_000]) for a in range(0, n, 100_000))
-    fi.attach_exact(index, fi.write_exact_vectors(work / "exact", blocks, n, d))
-    faiss.omp_set_num_threads(1)
-    snaps = {}
-    for name in ("float32", "int8 first"):
-        view = FlatView.of(index)
-        assert isinstance(view, RerankView) and view.disk_int8 is not None
-        if name == "float32":
-            view.disk_int8 = None
-        snaps[name] = IndexSnapshot(1, index, {"factory": "IVF256,PQ16"}, c.tiles, work, flat=view)
-    table(
-        ("prior", "tiles inside (mean)", "p50, float32 alone", "p50, int8 first", "speed-up", "same answers"),
-        "--- ---: ---: ---: ---: ---",
-    )
-    rng = np.random.default_rng(1)
-    for radius in radii:
-        times = {name: prior_rows(snap, c.queries, [radius], repeats, 0)[0] for name, snap in snaps.items()}
-        same = True
-        for _ in range(20):  # the answers of both, for random priors and queries
-            at, query = rng.integers(len(c.ids)), c.queries[rng.integers(len(c.queries))][None]
-            prior = Prior(near=(float(c.lats[at]), float(c.lons[at])), radius_m=radius)
-            allowed = snaps["float32"].select(prior)
-            got = [snap.search(query, K, allowed)[1] for snap in snaps.values()]
-            same &= bool(np.array_equal(got[0], got[1]))
-        a, b = times["float32"], times["int8 first"]
-        print(
-            row(
-                f"near, {radius:,.0f} m",
-                f"{a[1]:,.0f}",
-                f"{a[2]:.2f} ms",
-                f"{b[2]:.2f} ms",
-                f"{a[2] / b[2]:.1f}x",
-                same,
-            )
-        )
-    faiss.omp_set_num_threads(2)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ restricted to some tiles (a prior) scores those tiles' exact vectors, as for a f
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
@@ -37,14 +38,55 @@ import torch
 
 from model.runtime import omp_threads, search_threads
 from storage.faiss_index import VECTORS_FILE, ExactVectors, exact_vectors_of, rerank_candidates
-from storage.int8 import INT8_LEVELS, Int8Rows, open_int8_copy, quantise, quantise_rows
 
+INT8_LEVELS = 127
 # The second pass has a fixed cost on top of the int8 product: measured after a forward pass,
 # two passes only win from indexes of about this many floats on.
 MIN_VALUES_TWO_PASS = 8 * 2**20
 # Past this share of the index as candidates, the second pass would cost more than scoring all.
 MAX_CANDIDATE_SHARE = 0.25
+_QUANTISE_CHUNK = 2048  # rows quantised at a time: float64 temporaries of 16 MiB each at d=1,024
 _FLOAT32_EPS = 2.0**-24
+
+
+@dataclass(frozen=True)
+class Int8Rows:
+    """Int8 copies of (N, d) vectors: x ~ scale * codes, with the largest rounding error and norm."""
+
+    codes: torch.Tensor  # (N, d) int8
+    scale: float
+    max_error: float  # max over rows of |x - scale * codes|
+    max_norm: float  # max over rows of |x|
+
+
+def quantise(x: torch.Tensor, scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n, d) float -> codes round(x / scale) (n, d) int8, each row's |x - scale * codes| and each
+    row's |x| (float64). `scale` (one, or (n, 1) per row) must be at least max |x| / 127."""
+    x64 = x.double()
+    norms = torch.linalg.vector_norm(x64, dim=1)
+    codes = (x64 / scale).round_().clamp_(-INT8_LEVELS, INT8_LEVELS)
+    x64.sub_(codes * scale)  # the rounding error, in place
+    return codes.to(torch.int8), torch.linalg.vector_norm(x64, dim=1), norms
+
+
+def scale_of(x: torch.Tensor) -> float:
+    """The scale that maps the largest |x| to 127 (1 for zeros)."""
+    if not x.numel():
+        return 1.0
+    lowest, highest = torch.aminmax(x)  # no |x| copy of a large index
+    peak = max(-float(lowest), float(highest))
+    return peak / INT8_LEVELS if peak > 0 else 1.0
+
+
+def quantise_rows(vectors: torch.Tensor) -> Int8Rows:
+    """Int8Rows of (N, d) float32 vectors, a chunk of rows at a time."""
+    scale = scale_of(vectors)
+    codes, max_error, max_norm = [], 0.0, 0.0
+    for i in range(0, len(vectors), _QUANTISE_CHUNK):
+        c, error, norms = quantise(vectors[i : i + _QUANTISE_CHUNK], scale)
+        codes.append(c)
+        max_error, max_norm = max(max_error, float(error.max())), max(max_norm, float(norms.max()))
+    return Int8Rows(torch.cat(codes), scale, max_error, max_norm)
 
 
 @functools.cache
@@ -67,7 +109,9 @@ class FlatView:
         self.vectors = torch.from_numpy(vectors)  # (N, d) float32 view
         self.ids = ids  # (N,) int64: tile id of each row
         least = MIN_VALUES_TWO_PASS if min_values_two_pass is None else min_values_two_pass
-        two_pass = len(ids) > 0 and vectors.size >= least and _int8_fits(vectors.shape[1])
+        # int32 sums of d products of at most 127 * 127 must not overflow
+        fits = vectors.shape[1] * INT8_LEVELS**2 < 2**31
+        two_pass = len(ids) > 0 and vectors.size >= least and fits and int8_product_available()
         self.int8 = quantise_rows(self.vectors) if two_pass else None
         self.owner: Any = None  # what keeps `vectors` alive, if not the caller
         self._by_id: tuple[np.ndarray, np.ndarray] | None = None  # sorted ids, their rows
@@ -168,9 +212,6 @@ class FlatView:
         return top_np[order], rows_np[order]
 
 
-# A search of a compressed index restricted to at least this many tiles reads their int8 copy
-# first (`RerankView._candidates`); fewer are scored in float32 directly.
-PRIOR_TWO_PASS_MIN = 2048
 # Rows scored at a time by a restricted search over memory-mapped vectors (16 MiB at d=1,024).
 _RERANK_CHUNK = 4096
 # Rows are scored run by run (in place) when their runs of consecutive rows are this long on
@@ -199,16 +240,12 @@ class RerankView(FlatView):
     (`ids`): the exact scores of those tiles' vectors, the answer of `FlatView.search`."""
 
     def __init__(self, index: Any, exact: ExactVectors) -> None:
-        # no int8 copy in memory: the vectors stay on disk; the memory map is opened
-        # copy-on-write so that torch can view it (it refuses read-only arrays), and nothing
-        # ever writes to it
+        # no int8 copy: the vectors stay on disk; the memory map is opened copy-on-write so
+        # that torch can view it (it refuses read-only arrays), and nothing ever writes to it
         vectors = np.load(exact.folder / VECTORS_FILE, mmap_mode="c") if len(exact.ids) else exact.vectors
         super().__init__(vectors, exact.ids, min_values_two_pass=2**62)
         self.owner = index
         self.exact = exact
-        # the int8 copy on disk (builds from before it was written have none)
-        usable = exact.int8 is not None and len(exact.ids) and _int8_fits(vectors.shape[1])
-        self.disk_int8 = open_int8_copy(exact.folder, exact.int8) if usable and exact.int8 else None
 
     def search(
         self, queries: np.ndarray, k: int, ids: np.ndarray | None = None
@@ -235,22 +272,6 @@ class RerankView(FlatView):
                     out_ids[i, :kept] = self.ids[best]
         return scores, out_ids
 
-    def _candidates(
-        self, q: np.ndarray, k: int, allowed: np.ndarray | None = None
-    ) -> list[np.ndarray | None]:
-        """A search restricted to many tiles (a prior) reads their int8 copy first, a quarter
-        of the bytes of their float32 vectors, and keeps the rows that can be among the k best
-        (the bound of the module's docstring); fewer tiles are scored in float32 directly."""
-        if self.disk_int8 is None or allowed is None or len(allowed) < PRIOR_TWO_PASS_MIN or not len(q):
-            return [allowed] * len(q)
-        coarse, margin = first_pass(self.disk_int8, q, allowed)
-        out: list[np.ndarray | None] = []
-        for i in range(len(q)):
-            column = coarse[:, i]
-            kth = int(torch.topk(column, k).values[-1])  # k rows reach this int8 score
-            out.append(allowed[np.flatnonzero(column.numpy() >= kth - margin[i])])
-        return out
-
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """The rows (ascending) holding tile ids `ids` (stored in id order: no sorted copy)."""
         rows = self.exact.rows_of(ids)
@@ -272,7 +293,9 @@ class RerankView(FlatView):
         for run in runs:
             # rows in runs of consecutive rows (a prior's tiles: rows of tiles of a raster) are
             # scored in place, as views of the map, without copying them first
-            vectors = _take(self.vectors, run)
+            vectors = (
+                self.vectors[torch.from_numpy(run)] if isinstance(run, np.ndarray) else self.vectors[run]
+            )
             sims = (vectors @ qt).numpy()
             chunk = run if isinstance(run, np.ndarray) else np.arange(run.start, run.stop)
             kth = np.partition(sims, len(sims) - min(k, len(sims)))[len(sims) - min(k, len(sims))]
@@ -284,13 +307,10 @@ class RerankView(FlatView):
         return top[order], rows_np[order]
 
 
-def first_pass(
-    index: Int8Rows, q: np.ndarray, rows: np.ndarray | None = None
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Int8 scores of (n, d) finite float32 queries against every row (or `rows`, ascending):
-    (N, n) int32 products of the codes, and per query the margin in those units within which
-    the int8 ranking may differ from the exact one (twice the bound B of the module's
-    docstring, over t * s; the bounds hold for every row, so for any of them)."""
+def first_pass(index: Int8Rows, q: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """Int8 scores of (n, d) finite float32 queries against every row: (N, n) int32 products of
+    the codes, and per query the margin in those units within which the int8 ranking may
+    differ from the exact one (twice the bound B of the module's docstring, over t * s)."""
     q64 = torch.from_numpy(q).double()
     peak = q64.abs().amax(dim=1)
     scale = torch.where(peak > 0, peak / INT8_LEVELS, torch.ones_like(peak))
@@ -299,31 +319,8 @@ def first_pass(
     # |q.x - t s (p.c)| <= |t p| max|x - s c| + |q - t p| max|x|, plus float32 rounding
     bound = code_norm * index.max_error + error * index.max_norm
     bound += 2.0 * _gamma(q.shape[1]) * q_norm * index.max_norm
-    products = _products(index.codes, codes.T.contiguous(), rows)
+    products = torch._int_mm(index.codes, codes.T.contiguous())
     return products, torch.ceil(2.0 * bound / (scale * index.scale)).numpy()
-
-
-def _products(codes: torch.Tensor, query_codes: torch.Tensor, rows: np.ndarray | None) -> torch.Tensor:
-    """codes (or its `rows`) times the (d, n) query codes, int32: runs of consecutive rows in
-    place (views of a memory map), scattered rows a chunk at a time."""
-    if rows is None:
-        return torch._int_mm(codes, query_codes)
-    runs: list[slice] | list[np.ndarray] = _runs(rows, _RERANK_CHUNK)
-    if len(runs) > len(rows) // _MIN_RUN:
-        runs = [rows[at : at + _RERANK_CHUNK] for at in range(0, len(rows), _RERANK_CHUNK)]
-    parts = [torch._int_mm(_take(codes, run), query_codes) for run in runs]
-    return torch.cat(parts) if parts else torch.zeros((0, query_codes.shape[1]), dtype=torch.int32)
-
-
-def _take(x: torch.Tensor, run: slice | np.ndarray) -> torch.Tensor:
-    """The rows of a run: a view for a slice, a copy for scattered rows."""
-    return x[torch.from_numpy(run)] if isinstance(run, np.ndarray) else x[run]
-
-
-def _int8_fits(d: int) -> bool:
-    """Whether int8 products of d dims are exact here: int32 sums of d products of at most
-    127 * 127 must not overflow, and torch must have the int8 product."""
-    return d * INT8_LEVELS**2 < 2**31 and int8_product_available()
 
 
 def _gamma(d: int) -> float:

@@ -20,6 +20,5 @@ class IndexMismatch(StorageError):
 
 
 class ExactVectorsError(IndexMismatch):
-    """The exact vectors a compressed index is re-ranked with (vectors.npy, vector_ids.npy, and
-    their int8 copy vectors_int8.npy) are missing, changed since the build or do not match the
-    index."""
+    """The exact vectors a compressed index is re-ranked with (vectors.npy, vector_ids.npy) are
+    missing, changed since the build or do not match the index."""

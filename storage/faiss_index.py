@@ -8,7 +8,6 @@ reconstructed by id (`cvm-index verify`); IVF-PQ takes ids natively. `index_meta
 A compressed (IVF-PQ) index keeps the exact float32 vectors beside it on disk (`ExactVectors`:
 vectors.npy and vector_ids.npy, memory-mapped at load and checksummed in index_meta.json), so
 that its approximate candidates can be re-ranked exactly; `exact_vectors_of(index)` gives them.
-Their int8 copy (vectors_int8.npy, `storage.int8`) serves searches restricted to many tiles.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import numpy as np
 from model.checkpoint import file_sha256
 from storage import budget as budgets
 from storage.errors import ExactVectorsError, IndexMismatch
-from storage.int8 import VECTORS_INT8_FILE, write_int8_copy
 
 log = logging.getLogger(__name__)
 
@@ -365,14 +363,12 @@ def write_index(index: Any, folder: Path, meta: dict[str, Any]) -> None:
     names = [INDEX_FILE, META_FILE]
     exact = exact_vectors_of(index)
     if exact is not None:
-        files = _exact_files(exact)
-        for name in files:
+        for name in (VECTORS_FILE, VECTOR_IDS_FILE):
             if exact.folder.resolve() != folder.resolve():
                 # a rename within the index folder's file system (the maps stay valid)
                 shutil.move(str(exact.folder / name), str(folder / name))
-        names += files
+        names += [VECTORS_FILE, VECTOR_IDS_FILE]
         full |= {"vectors_sha256": exact.vectors_sha256, "vector_ids_sha256": exact.ids_sha256}
-        full |= {"vectors_int8": exact.int8} if exact.int8 is not None else {}
         full |= {"rerank": {"factor": RERANK_FACTOR, "min": RERANK_MIN}}
     (folder / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True))
     for name in names:
@@ -456,9 +452,6 @@ class ExactVectors:
     vectors: np.ndarray
     vectors_sha256: str
     ids_sha256: str
-    # the int8 copy's metadata (`storage.int8`: sha256, scale, max_error, max_norm); None for
-    # builds from before it was written
-    int8: dict[str, Any] | None = None
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """The rows of tile ids `ids` (-1 where an id is not stored)."""
@@ -518,35 +511,21 @@ def write_exact_vectors(
         raise ValueError(f"{folder}: {at} vectors written of {n}, or ids not increasing")
     vectors.flush()
     ids.flush()
-    int8 = write_int8_copy(folder, vectors)  # for searches restricted to many tiles (a prior)
-    int8["sha256"] = file_sha256(folder / VECTORS_INT8_FILE)
     del vectors, ids
-    sha = file_sha256(folder / VECTORS_FILE), file_sha256(folder / VECTOR_IDS_FILE)
-    return _map_exact(folder, *sha, int8)
+    return _map_exact(folder, file_sha256(folder / VECTORS_FILE), file_sha256(folder / VECTOR_IDS_FILE))
 
 
-def _map_exact(
-    folder: Path, vectors_sha256: str, ids_sha256: str, int8: dict[str, Any] | None
-) -> ExactVectors:
+def _map_exact(folder: Path, vectors_sha256: str, ids_sha256: str) -> ExactVectors:
     ids = np.load(folder / VECTOR_IDS_FILE, mmap_mode="r")
     vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
-    return ExactVectors(folder, ids, vectors, vectors_sha256, ids_sha256, int8)
-
-
-def _exact_files(exact: ExactVectors) -> list[str]:
-    """The files of `exact` in its folder."""
-    return [VECTORS_FILE, VECTOR_IDS_FILE] + ([VECTORS_INT8_FILE] if exact.int8 is not None else [])
+    return ExactVectors(folder, ids, vectors, vectors_sha256, ids_sha256)
 
 
 def open_exact_vectors(build_dir: Path, meta: dict[str, Any]) -> ExactVectors:
     """The exact vectors of a build, checked against index_meta.json: present, unchanged
     (sha256), of the index's shape, ids increasing; ExactVectorsError naming the file if not."""
     n, d = int(meta["ntotal"]), int(meta["d"])
-    int8 = meta.get("vectors_int8")
-    expected = {VECTORS_FILE: meta.get("vectors_sha256"), VECTOR_IDS_FILE: meta.get("vector_ids_sha256")}
-    if int8 is not None:
-        expected[VECTORS_INT8_FILE] = int8.get("sha256")
-    for name, sha in expected.items():
+    for name, key in ((VECTORS_FILE, "vectors_sha256"), (VECTOR_IDS_FILE, "vector_ids_sha256")):
         path = build_dir / name
         try:
             actual = file_sha256(path)
@@ -555,17 +534,15 @@ def open_exact_vectors(build_dir: Path, meta: dict[str, Any]) -> ExactVectors:
                 f"{path}: cannot read the exact vectors the index is re-ranked with "
                 f"({exc.strerror or exc}); rebuild the index"
             ) from None
-        if actual != sha:
+        if actual != meta.get(key):
             raise ExactVectorsError(
                 f"{path}: checksum mismatch, the file changed after its build wrote it "
-                f"(sha256 {actual[:12]}..., {META_FILE} says {str(sha)[:12]}...)"
+                f"(sha256 {actual[:12]}..., {META_FILE} says {str(meta.get(key))[:12]}...)"
             )
     try:
-        exact = _map_exact(build_dir, str(meta["vectors_sha256"]), str(meta["vector_ids_sha256"]), int8)
+        exact = _map_exact(build_dir, str(meta["vectors_sha256"]), str(meta["vector_ids_sha256"]))
     except (OSError, ValueError) as exc:
         raise ExactVectorsError(f"{build_dir / VECTORS_FILE}: unreadable exact vectors ({exc})") from None
-    if int8 is not None:
-        _check_int8(build_dir / VECTORS_INT8_FILE, n, d)
     if exact.vectors.shape != (n, d) or exact.vectors.dtype != np.float32 or exact.ids.shape != (n,):
         raise ExactVectorsError(
             f"{build_dir / VECTORS_FILE}: holds {exact.vectors.shape} {exact.vectors.dtype} vectors "
@@ -574,17 +551,6 @@ def open_exact_vectors(build_dir: Path, meta: dict[str, Any]) -> ExactVectors:
     if n > 1 and np.any(np.diff(exact.ids) <= 0):
         raise ExactVectorsError(f"{build_dir / VECTOR_IDS_FILE}: tile ids are not increasing")
     return exact
-
-
-def _check_int8(path: Path, n: int, d: int) -> None:
-    try:
-        codes = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise ExactVectorsError(f"{path}: unreadable int8 copy of the exact vectors ({exc})") from None
-    if codes.shape != (n, d) or codes.dtype != np.int8:
-        raise ExactVectorsError(
-            f"{path}: holds {codes.shape} {codes.dtype} codes, the index {n} vectors of {d} dims"
-        )
 
 
 def first_non_finite(index: Any) -> str | None:
@@ -680,7 +646,7 @@ def index_figures(build_dir: Path, queries: int = 100) -> dict[str, Any]:
     index, meta = read_index(build_dir)
     n = int(index.ntotal)
     exact = exact_vectors_of(index)
-    files = [INDEX_FILE] + (_exact_files(exact) if exact is not None else [])
+    files = [INDEX_FILE] + ([VECTORS_FILE, VECTOR_IDS_FILE] if exact is not None else [])
     disk = sum((build_dir / name).stat().st_size for name in files)
     figures: dict[str, Any] = {
         "index_type": meta.get("index_type"),

@@ -20,7 +20,6 @@ from service.snapshot import IndexSnapshot
 from storage import faiss_index as fi
 from storage.budget import BudgetError, parse_size
 from storage.errors import ExactVectorsError, IndexMismatch
-from storage.int8 import VECTORS_INT8_FILE
 from tests.support.vectors import clustered, random_places
 
 # ------------------------------------------------------------------------------------ the budget
@@ -205,49 +204,11 @@ def test_prior_on_the_budget_index_equals_exhaustive_filtered(budget_build: tupl
         np.testing.assert_allclose(scores, np.take_along_axis(sims, order, axis=1), rtol=1e-5, atol=1e-5)
 
 
-def test_a_prior_over_many_tiles_reads_the_int8_copy_first_and_answers_exactly(
-    budget_build: tuple, tmp_path: Path
-) -> None:
-    """A prior holding many tiles of a compressed index: the int8 copy on disk keeps only the
-    rows that can be among the k best, and the answer is that of the float32 vectors alone; a
-    build from before the copy was written (no file, no metadata) answers the same."""
-    import shutil
-
-    folder, x, ids, _ = budget_build
-    index, meta = fi.read_index(folder)
-    view = FlatView.of(index)
-    assert isinstance(view, RerankView) and view.disk_int8 is not None
-    assert meta["vectors_int8"]["scale"] == pytest.approx(np.abs(x).max() / 127)
-    rng = np.random.default_rng(6)
-    inside = np.sort(rng.choice(N, 6000, replace=False))  # rows = positions: ids are ascending
-    q = x[rng.choice(N, 20, replace=False)] + 0.05 * rng.standard_normal((20, D)).astype(np.float32)
-    kept = view._candidates(q, 10, inside)
-    sims = q @ x[inside].T
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :10]
-    for rows, best in zip(kept, order, strict=True):
-        assert rows is not None and len(rows) < len(inside) // 4  # most rows never read in float32
-        assert set(inside[best].tolist()) <= set(rows.tolist())  # the 10 best always kept
-    scores, got = view.search(q, 10, ids[inside])
-    np.testing.assert_array_equal(got, ids[inside][order])
-    np.testing.assert_allclose(scores, np.take_along_axis(sims, order, axis=1), rtol=1e-5, atol=1e-5)
-    # an older build: no int8 copy, the same answer from the float32 vectors
-    old = tmp_path / "old"
-    shutil.copytree(folder, old)
-    (old / VECTORS_INT8_FILE).unlink()
-    meta_path = old / fi.META_FILE
-    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "vectors_int8"}))
-    plain = FlatView.of(fi.read_index(old)[0])
-    assert isinstance(plain, RerankView) and plain.disk_int8 is None
-    old_scores, old_got = plain.search(q, 10, ids[inside])
-    np.testing.assert_array_equal(old_got, got)
-    np.testing.assert_allclose(old_scores, scores, rtol=1e-6, atol=1e-6)
-
-
 def test_missing_or_changed_vector_files_are_named_errors(budget_build: tuple, tmp_path: Path) -> None:
     import shutil
 
     src, *_ = budget_build
-    for name in (fi.VECTORS_FILE, fi.VECTOR_IDS_FILE, VECTORS_INT8_FILE):
+    for name in (fi.VECTORS_FILE, fi.VECTOR_IDS_FILE):
         folder = tmp_path / f"missing-{name}"
         shutil.copytree(src, folder)
         (folder / name).unlink()
@@ -268,8 +229,8 @@ def test_info_figures_of_the_budget_index(budget_build: tuple) -> None:
     folder, x, ids, spec = budget_build
     f = fi.index_figures(folder, queries=50)
     index_size = (folder / fi.INDEX_FILE).stat().st_size
-    disk = index_size + sum(
-        (folder / name).stat().st_size for name in (fi.VECTORS_FILE, fi.VECTOR_IDS_FILE, VECTORS_INT8_FILE)
+    disk = (
+        index_size + (folder / fi.VECTORS_FILE).stat().st_size + (folder / fi.VECTOR_IDS_FILE).stat().st_size
     )
     assert f["factory"] == spec.factory and f["ntotal"] == N and f["recall_queries"] == 50
     assert f["ram_bytes_per_tile"] == pytest.approx(index_size / N) and f["disk_bytes_per_tile"] == disk / N

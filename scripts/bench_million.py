@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_million.py --data-dir var/corpus/data --builds 1,2 \
         --rotations 4 --queries var/corpus/queries.npy [--budgets 256MiB] \
-        [--radii-m 2000,10000] [--region-km 10] [--repeats 200]
+        [--radii-m 2000,10000] [--region-km 10] [--repeats 200] [--prior-only]
 
 The corpus is the descriptors stored by flat builds (`cvm-index build --index-type flat`, one
 index or regions) of rendered imagery, with each tile's centre from the catalogue. With
@@ -27,7 +27,9 @@ Printed, one Markdown table each:
 4. for an IVF index, the ground queries' recall@10 and p50 by nprobe, around the tuned value;
 5. with --region-km, the same corpus split into regions, each indexed as `--index-type auto`
    does (flat below 50,000 tiles, IVF-PQ with its exact vectors above), searched over every
-   region (merged) and with the priors.
+   region (merged) and with the priors;
+6. with --prior-only, instead of all that: the priors' search of the exact vectors alone
+   (`prior_table`), which is what a prior costs over a compressed index.
 """
 
 from __future__ import annotations
@@ -229,6 +231,9 @@ def main() -> None:
     p.add_argument("--region-km", type=float)
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    p.add_argument(
+        "--prior-only", action="store_true", help="only the priors' search of the exact vectors (6.)"
+    )
     args = p.parse_args()
     set_search_threads(1)  # one query at a time, as a request
     faiss.omp_set_num_threads(2)  # training and adding may use both cores
@@ -241,6 +246,11 @@ def main() -> None:
     print(
         f"{n:,} descriptors of {d} dims ({n // args.rotations:,} tiles x {args.rotations}); {len(q)} queries"
     )
+    radii = [float(r) for r in args.radii_m.split(",")]
+    if args.prior_only:
+        with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+            prior_table(corpus, Path(tmp), radii, args.repeats)
+        return
     flat_bytes = fi.estimate_memory(fi.IndexSpec("flat", "IDMap2,Flat"), n, d).total
     flat = faiss.IndexFlatIP(d)
     flat.add(x)
@@ -250,7 +260,6 @@ def main() -> None:
     flat = None  # its 4 GB freed before the budgeted indexes are built
     table(("exact search (flat)", "bytes/tile", "p50"), "--- ---: ---:")
     print(row(f"{n:,}", f"{flat_bytes / n:,.0f}", f"{flat_ms:.1f} ms"))
-    radii = [float(r) for r in args.radii_m.split(",")]
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         if args.region_km:
             region_table(corpus, None, args, Path(tmp) / "regions", radii)
@@ -298,6 +307,25 @@ def nprobe_table(snap: IndexSnapshot, index: Any, tuned: int, c: Corpus, repeats
         print(row(f"**{probes}** (tuned)" if probes == tuned else probes, f"{r10:.3f}", f"{ms:.2f} ms"))
         probes *= 2
     fi.set_nprobe(index, tuned)
+
+
+def prior_table(c: Corpus, work: Path, radii: list[float], repeats: int) -> None:
+    """A prior's search of a compressed index: the service's select, then the exact scores of
+    the tiles inside (`service.flat_search.RerankView`), which do not involve the codes; so the
+    exact vectors are written as a build writes them, beside a small IVF-PQ index."""
+    n, d = c.x.shape
+    index = faiss.index_factory(d, "IVF256,PQ16", faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(c.x[:: max(1, n // 20_000)]))
+    for at in range(0, n, 100_000):
+        index.add_with_ids(c.x[at : at + 100_000], c.ids[at : at + 100_000])
+    blocks = ((c.ids[a : a + 100_000], c.x[a : a + 100_000]) for a in range(0, n, 100_000))
+    fi.attach_exact(index, fi.write_exact_vectors(work / "exact", blocks, n, d))
+    faiss.omp_set_num_threads(1)
+    snap = IndexSnapshot(1, index, {"factory": "IVF256,PQ16"}, c.tiles, work, flat=FlatView.of(index))
+    table(("prior (exact vectors of the tiles inside)", "tiles inside (mean)", "p50"), "--- ---: ---:")
+    for radius, inside, ms, _ in prior_rows(snap, c.queries, radii, repeats, 0):
+        print(row(f"near, {radius:,.0f} m", f"{inside:,.0f}", f"{ms:.2f} ms"))
+    faiss.omp_set_num_threads(2)
 
 
 @dataclass(frozen=True)

@@ -275,7 +275,9 @@ class RerankView(FlatView):
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """The rows (ascending) holding tile ids `ids` (stored in id order: no sorted copy)."""
         rows = self.exact.rows_of(ids)
-        return np.unique(rows[rows >= 0])
+        rows = rows[rows >= 0]
+        # a prior's ids come sorted and distinct (`TileCentres.inside`): no sort needed then
+        return rows if len(rows) < 2 or bool((np.diff(rows) > 0).all()) else np.unique(rows)
 
     def _rescore(self, q: np.ndarray, rows: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FlatView._rescore a chunk of rows at a time: the k best of each chunk (with ties at

@@ -52,6 +52,20 @@ class Prior:
         half = self.radius_m / M_PER_DEG_LAT * (1 + 1e-9) + 1e-9
         return self.near[0] - half, self.near[0] + half
 
+    def lon_window(self) -> tuple[float, float] | None:
+        """(centre, half width) in degrees of longitude holding every point of a circle that
+        reaches no pole: asin(sin d / cos lat) for an angular radius d (the circle's tangent
+        meridians), widened by a hair against rounding; None for a box or a circle around a pole."""
+        if self.bbox is not None:
+            return None
+        assert self.near is not None and self.radius_m is not None
+        angle = self.radius_m / EARTH_RADIUS_M
+        lat = math.radians(abs(self.near[0]))
+        if angle >= math.pi / 2 - lat:
+            return None
+        half = math.degrees(math.asin(min(1.0, math.sin(angle) / math.cos(lat))))
+        return self.near[1], half * (1 + 1e-9) + 1e-9
+
     def describe(self) -> str:
         if self.bbox is not None:
             return "bbox " + ",".join(f"{v:g}" for v in self.bbox)

@@ -54,10 +54,16 @@ class TileCentres:
         """Ids (ascending) of the tiles whose centre lies inside the prior.
 
         Only the tiles in the prior's band of latitude (`Prior.lat_band`, found by bisection) are
-        tested, so a small prior costs little in a large build; the band holds every tile inside."""
+        tested, so a small prior costs little in a large build; the band holds every tile inside.
+        Of a circle's band, only the tiles in its window of longitude (`Prior.lon_window`, a
+        comparison) get the great-circle test (trigonometry)."""
         order, lats = self._by_lat
         south, north = prior.lat_band()
         rows = order[np.searchsorted(lats, south, "left") : np.searchsorted(lats, north, "right")]
+        window = prior.lon_window()
+        if window is not None:
+            centre, half = window
+            rows = rows[np.abs((self.lons[rows] - centre + 180.0) % 360.0 - 180.0) <= half]
         rows = rows[prior.contains(self.lats[rows], self.lons[rows])]
         return np.sort(self.ids[rows])
 

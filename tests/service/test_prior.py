@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cli import localize as cli_localize
+from model.metrics import EARTH_RADIUS_M
 from service.errors import BadPrior
 from service.flat_search import FlatView
 from service.prior import MAX_RADIUS_M, Prior, great_circle_m, parse_prior
@@ -290,3 +291,46 @@ def test_selecting_a_prior_by_latitude_band_equals_testing_every_tile() -> None:
         want = np.sort(centres.ids[prior.contains(centres.lats, centres.lons)])
         np.testing.assert_array_equal(centres.inside(prior), want)
     assert len(centres.inside(priors[-1])) >= 1
+
+
+def _counting(contains: Any, tested: list[int]) -> Any:
+    def wrapped(self: Prior, lats: np.ndarray, lons: np.ndarray) -> np.ndarray:
+        tested.append(len(lats))
+        return contains(self, lats, lons)
+
+    return wrapped
+
+
+def test_a_circle_window_of_longitude_keeps_every_tile_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dense tiles around circles at several latitudes, across the antimeridian, and on each
+    circle's east- and west-most points (where the window of longitude is tight): `inside` gives
+    what testing every tile gives, and the window does cut most of the band."""
+    from service.snapshot import TileCentres
+
+    rng = np.random.default_rng(9)
+    for lat0, lon0, radius in ((45.0, 7.0, 5_000.0), (-60.0, 179.99, 20_000.0), (80.0, -179.95, 50_000.0)):
+        angle = radius / EARTH_RADIUS_M
+        span = np.degrees(angle) * 3
+        lats = lat0 + rng.uniform(-span, span, 20_000)
+        lons = (lon0 + rng.uniform(-span, span, 20_000) / np.cos(np.radians(lat0)) + 180) % 360 - 180
+        # the circle's tangent points: latitude asin(sin lat0 / cos d), longitude lon0 +- the window
+        t_lat = np.degrees(np.arcsin(np.sin(np.radians(lat0)) / np.cos(angle)))
+        t_dlon = np.degrees(np.arcsin(np.sin(angle) / np.cos(np.radians(lat0))))
+        edge_lons = (lon0 + np.array([t_dlon, -t_dlon]) + 180) % 360 - 180
+        lats, lons = np.r_[lats, t_lat, t_lat], np.r_[lons, edge_lons]
+        # a band of tiles all around the parallel, which the window leaves out
+        lats = np.r_[lats, np.full(5000, lat0)]
+        lons = np.r_[lons, np.linspace(-180, 180, 5000, endpoint=False)]
+        ids = np.arange(1, len(lats) + 1, dtype=np.int64)
+        centres = TileCentres(ids, lats, lons)
+        prior = Prior(near=(lat0, lon0), radius_m=radius)
+        want = ids[prior.contains(lats, lons)]
+        tested: list[int] = []
+        with monkeypatch.context() as m:
+            m.setattr(Prior, "contains", _counting(Prior.contains, tested))
+            np.testing.assert_array_equal(centres.inside(prior), want)
+        distances = great_circle_m(lat0, lon0, lats[-5002:-5000], lons[-5002:-5000])
+        assert np.allclose(distances, radius, rtol=1e-9)  # the tangent points lie on the circle
+        assert tested[0] < len(ids) - 4900  # the parallel's tiles outside the window: not tested
+    assert Prior(near=(89.0, 0.0), radius_m=200_000.0).lon_window() is None  # around the pole
+    assert Prior(bbox=(0.0, 0.0, 1.0, 1.0)).lon_window() is None

@@ -314,14 +314,15 @@ def prior_table(c: Corpus, work: Path, radii: list[float], repeats: int) -> None
     the tiles inside (`service.flat_search.RerankView`), which do not involve the codes; so the
     exact vectors are written as a build writes them, beside a small IVF-PQ index."""
     n, d = c.x.shape
-    index = faiss.index_factory(d, "IVF256,PQ16", faiss.METRIC_INNER_PRODUCT)
+    factory = "IVF256,PQ16" if n >= 20_000 else "IDMap2,Flat"  # (too few to train on)
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     index.train(np.ascontiguousarray(c.x[:: max(1, n // 20_000)]))
     for at in range(0, n, 100_000):
         index.add_with_ids(c.x[at : at + 100_000], c.ids[at : at + 100_000])
     blocks = ((c.ids[a : a + 100_000], c.x[a : a + 100_000]) for a in range(0, n, 100_000))
     fi.attach_exact(index, fi.write_exact_vectors(work / "exact", blocks, n, d))
     faiss.omp_set_num_threads(1)
-    snap = IndexSnapshot(1, index, {"factory": "IVF256,PQ16"}, c.tiles, work, flat=FlatView.of(index))
+    snap = IndexSnapshot(1, index, {"factory": factory}, c.tiles, work, flat=FlatView.of(index))
     table(("prior (exact vectors of the tiles inside)", "tiles inside (mean)", "p50"), "--- ---: ---:")
     for radius, inside, ms, _ in prior_rows(snap, c.queries, radii, repeats, 0):
         print(row(f"near, {radius:,.0f} m", f"{inside:,.0f}", f"{ms:.2f} ms"))

@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/bench_million.py --data-dir var/corpus/data --builds 1,2 \
         --rotations 4 --queries var/corpus/queries.npy [--budgets 256MiB] \
-        [--radii-m 2000,10000] [--region-km 10] [--repeats 200] [--prior-only]
+        [--radii-m 2000,10000] [--region-km 10 [--region-budget 128MiB]] [--repeats 200] \
+        [--prior-only]
 
 The corpus is the descriptors stored by flat builds (`cvm-index build --index-type flat`, one
 index or regions) of rendered imagery, with each tile's centre from the catalogue. With
@@ -26,8 +27,9 @@ Printed, one Markdown table each:
    search against the same query without a prior (p50 and the speed-up);
 4. for an IVF index, the ground queries' recall@10 and p50 by nprobe, around the tuned value;
 5. with --region-km, the same corpus split into regions, each indexed as `--index-type auto`
-   does (flat below 50,000 tiles, IVF-PQ with its exact vectors above), searched over every
-   region (merged) and with the priors;
+   does (flat below 50,000 tiles, IVF-PQ with its exact vectors above), or as a build with
+   --memory-budget shares the --region-budget, searched over every region (merged) and with
+   the priors;
 6. with --prior-only, instead of all that: the priors' search of the exact vectors alone
    (`prior_table`), which is what a prior costs over a compressed index.
 """
@@ -229,6 +231,7 @@ def main() -> None:
     p.add_argument("--budgets", default="256MiB")
     p.add_argument("--radii-m", default="2000,10000")
     p.add_argument("--region-km", type=float)
+    p.add_argument("--region-budget", help="with --region-km: the memory budget the regions share")
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     p.add_argument(
@@ -262,8 +265,9 @@ def main() -> None:
     print(row(f"{n:,}", f"{flat_bytes / n:,.0f}", f"{flat_ms:.1f} ms"))
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         if args.region_km:
-            region_table(corpus, None, args, Path(tmp) / "regions", radii)
-        for text in args.budgets.split(","):
+            shared = parse_size(args.region_budget) if args.region_budget else None
+            region_table(corpus, shared, args, Path(tmp) / "regions", radii)
+        for text in filter(None, args.budgets.split(",")):  # --budgets "": none
             budget = parse_size(text)
             index, meta, build_s = build_part(x, ids, budget, Path(tmp) / f"b{budget}")
             snap = IndexSnapshot(1, index, meta, corpus.tiles, Path(tmp), flat=FlatView.of(index))

@@ -47,7 +47,7 @@ def test_bench_million_on_a_small_corpus(
         str(tmp_path / "q.npy"),
     ]
     args += ["--radii-m", "100,1000", "--repeats", "5", "--work", str(tmp_path)]
-    out = _run(*args, "--budgets", "1GiB", "--region-km", "20")
+    out = _run(*args, "--budgets", "1GiB", "--region-km", "20", "--region-budget", "1GiB")
     # 2 x 9 tiles, each with one turned copy
     assert "36 descriptors of 16 dims (18 tiles x 2); 12 queries" in out
     # a budget this large keeps the exact index: recall 1 against exact search
@@ -55,7 +55,9 @@ def test_bench_million_on_a_small_corpus(
         out
     )
     assert re.search(r"\| near, 1,000 m \| [\d.,]+ \|", out)
-    # regions: a flat index each, so exact
+    # regions sharing a large budget: a flat index each, so exact
     assert re.search(r"^\| \d+ \| 9-9 \| [\d.,]+ \| 1\.000 \|", out, re.M), out
+    assert "| regions of 20 km (1.0 GiB) |" in out
+    assert "| 1GiB" not in _run(*args, "--budgets", "", "--region-km", "20")  # no single index
     prior = _run(*args, "--prior-only")
     assert "| prior (exact vectors of the tiles inside) |" in prior and "near, 100 m" in prior

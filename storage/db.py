@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import QueuePool
 
 from storage.errors import DatabaseError
 
@@ -47,11 +48,15 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
     file_db = bool(parsed.database) and parsed.database != ":memory:"
     if file_db and read_only:
         path = Path(str(parsed.database)).expanduser().resolve()
+        # QueuePool, as for any SQLite file: the pool "sqlite://" would get (SingletonThreadPool,
+        # meant for :memory:) closes the connections of other threads once more than five threads
+        # used it, even mid-query, which crashed a service answering from many threads
         engine = create_engine(
             "sqlite://",
             creator=lambda: sqlite3.connect(
                 f"{path.as_uri()}?mode=ro", uri=True, timeout=30, check_same_thread=False
             ),
+            poolclass=QueuePool,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

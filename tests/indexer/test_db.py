@@ -173,3 +173,35 @@ def test_shard_tasks_page_through_every_tile_in_id_order(tmp_path: Path) -> None
     assert [t.id for t in tasks] == ids
     assert [t.window for t in tasks[:3]] == [None, (1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0)]
     assert tasks[5].source == "/data/5.tif"
+
+
+def test_the_read_only_sqlite_engine_serves_many_threads_at_once(tmp_path: Path) -> None:
+    """The service reads the catalogue from many threads. Its read-only SQLite engine pools
+    connections as any SQLite file engine does (QueuePool): the pool of a "sqlite://" URL
+    (SingletonThreadPool) closes other threads' connections once more than five threads used it,
+    which crashed the process mid-query."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import text
+    from sqlalchemy.pool import QueuePool
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    writer = make_engine(url)
+    with session_scope(writer) as s:
+        s.add_all([_build(is_active=(i == 7)) for i in range(20)])
+    writer.dispose()
+    engine = make_engine(url, read_only=True)
+    assert isinstance(engine.pool, QueuePool)
+
+    def read(i: int) -> tuple[int, int]:
+        with session_scope(engine) as s:
+            active = catalog.get_active_build(s)
+            count = s.execute(text("SELECT count(*) FROM builds")).scalar_one()
+        assert active is not None
+        return active.id, count
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(read, range(2000)))
+    engine.dispose()
+    assert set(results) == {(8, 20)}

@@ -126,20 +126,20 @@ def kept_vectors(ctx: BuildContext, plan: MergePlan) -> Vectors:
 
 
 def build_index(
-    ctx: BuildContext,
     source: Vectors,
+    d: int,
+    work_dir: Path,
     kind: str,
     use_gpu: bool,
     budget: int | None = None,
     name: str = "",
 ) -> tuple[Any, Any, dict]:
-    """Train and fill the index over `source` (the build's vectors, or those of region `name`);
-    returns (index, spec, stats).
+    """Train and fill the index over `source` (the build's vectors of d dims, or those of region
+    `name`); returns (index, spec, stats).
 
     With a memory `budget` (bytes) the index is the best that fits it. A compressed index keeps
-    the exact vectors (written to the work folder here, moved beside the index by write_index)
-    and its recall@10 is measured with and without their re-rank."""
-    d = ctx.loaded.config.descriptor_dim
+    the exact vectors (written to `work_dir` here, moved beside the index by write_index) and
+    its recall@10 is measured with and without their re-rank."""
     ids = source.ids
     spec = _spec(kind, len(ids), d, budget, name)
     index = faiss_index.new_index(spec, d)
@@ -155,7 +155,7 @@ def build_index(
     if budget is not None:
         stats["memory_budget"] = budget
     if spec.rerank:
-        folder = ctx.work_dir / (f"exact-{name}" if name else "exact")
+        folder = work_dir / (f"exact-{name}" if name else "exact")
         exact = faiss_index.write_exact_vectors(folder, source.blocks(), len(ids), d)
         faiss_index.attach_exact(index, exact)
     if spec.kind != "flat":
@@ -164,10 +164,10 @@ def build_index(
         truth = faiss_index.exact_top(queries, (v for _, v in source.blocks()), ids)
         if spec.nprobe is not None:
             # probe the fewest lists that reach the recall target as served (with the re-rank)
-            nprobe, _, tried = faiss_index.tune_nprobe(index, queries, (), ids, spec.nprobe, truth)
+            nprobe, _, tried = faiss_index.tune_nprobe(index, queries, truth, spec.nprobe)
             spec = dataclasses.replace(spec, nprobe=nprobe)
             stats["nprobe_recalls"] = [[p, round(r, 4)] for p, r in tried]
-        plain, served = faiss_index.measure_recalls(index, queries, (), ids, (False, None), truth)
+        plain, served = faiss_index.measure_recalls(index, queries, truth, (False, None))
         stats["recall_at_10"] = round(served, 4)
         if spec.rerank:
             stats["recall_at_10_no_rerank"] = round(plain, 4)
@@ -260,7 +260,10 @@ def write_single(
 ) -> tuple[Path, Any, dict[str, Any]]:
     """One index over every kept tile, published; returns (folder, spec, stats)."""
     source = kept_vectors(ctx, plan)
-    index, spec, stats = build_index(ctx, source, params.index_type, use_gpu, params.memory_budget)
+    d = ctx.loaded.config.descriptor_dim
+    index, spec, stats = build_index(
+        source, d, ctx.work_dir, params.index_type, use_gpu, params.memory_budget
+    )
     meta = _index_meta(ctx, params, spec)
     folder = write_and_rename(ctx, lambda tmp: faiss_index.write_index(index, tmp, meta))
     return folder, spec, stats
@@ -275,10 +278,13 @@ def write_regions(
     specs: list[Any] = []
     done: list[tuple[int, dict]] = []
     todo = region_vectors(ctx, plan, params)
+    d = ctx.loaded.config.descriptor_dim
 
     def parts() -> Iterator[tuple[regions.Region, Any, dict[str, Any]]]:
         for region, source, budget in todo:
-            index, spec, stats = build_index(ctx, source, params.index_type, use_gpu, budget, region.name)
+            index, spec, stats = build_index(
+                source, d, ctx.work_dir, params.index_type, use_gpu, budget, region.name
+            )
             specs.append(spec)
             done.append((region.ntotal, stats))
             yield region, index, _index_meta(ctx, params, spec) | {"region": region.name}

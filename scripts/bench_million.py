@@ -49,6 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from indexer.publish import Vectors, build_index  # noqa: E402
 from model.runtime import set_search_threads  # noqa: E402
 from service.catalog import TilePlace  # noqa: E402
 from service.flat_search import FlatView  # noqa: E402
@@ -120,44 +121,22 @@ def places(lats: np.ndarray, lons: np.ndarray) -> dict[int, TilePlace]:
     }
 
 
-def exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    """Ids (row + 1) of the exact top k of each query, by blocks of the corpus."""
-    best_s = np.full((len(q), k), -np.inf, np.float32)
-    best_i = np.zeros((len(q), k), np.int64)
-    for at in range(0, len(x), 200_000):
-        s = q @ x[at : at + 200_000].T
-        i = np.broadcast_to(np.arange(at, at + s.shape[1]) + 1, s.shape)
-        s, i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1)
-        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
-    return best_i
-
-
-def build_part(x: np.ndarray, ids: np.ndarray, budget: int | None, work: Path) -> tuple[Any, dict, float]:
-    """An index of `budget` over x as a build makes it, written and read back; (index, meta, s)."""
+def build_part(
+    x: np.ndarray, ids: np.ndarray, budget: int | None, work: Path, name: str = ""
+) -> tuple[Any, dict, float]:
+    """An index of `budget` over x (of region `name`), made by the build's own
+    `indexer.publish.build_index` (`--index-type auto`), written and read back as a build's is;
+    (index, meta, seconds)."""
     n, d = x.shape
-    spec = fi.choose_spec("auto", n, d, budget)
+    source = Vectors(ids, lambda: ((ids[a : a + 100_000], x[a : a + 100_000]) for a in range(0, n, 100_000)))
     t0 = time.perf_counter()
-    print(f"  building {spec.factory} over {n:,} vectors (training on {spec.train_size:,})", file=sys.stderr)
-    index = fi.new_index(spec, d)
-    if not index.is_trained:
-        step = max(1, n // max(spec.train_size, 1))
-        index = fi.train(index, spec, np.ascontiguousarray(x[::step][: spec.train_size]))
-    if spec.nprobe is not None:
-        fi.set_nprobe(index, 1)  # as the build adds: the coarse graph's default breadth
-    for at in range(0, n, 100_000):
-        index.add_with_ids(x[at : at + 100_000], ids[at : at + 100_000])
-    if spec.rerank:
-        blocks = ((ids[a : a + 100_000], x[a : a + 100_000]) for a in range(0, n, 100_000))
-        fi.attach_exact(index, fi.write_exact_vectors(work / "exact", blocks, n, d))
+    print(f"  building {fi.choose_spec('auto', n, d, budget).factory} over {n:,} vectors", file=sys.stderr)
+    index, spec, stats = build_index(source, d, work, "auto", False, budget, name)
+    if "nprobe_recalls" in stats:  # tuned on the stored vectors as the build tunes it
+        tried = stats["nprobe_recalls"]
+        print(f"  nprobe {spec.nprobe} (recall@10 of stored vectors by nprobe: {tried})", file=sys.stderr)
     meta: dict[str, Any] = {"factory": spec.factory, "index_type": spec.kind}
-    if spec.nprobe is not None:  # tuned on the stored vectors as the build tunes it
-        step = max(1, n // fi.RECALL_QUERIES)
-        sample = np.ascontiguousarray(x[::step][: fi.RECALL_QUERIES])
-        db = (x[a : a + 100_000] for a in range(0, n, 100_000))
-        nprobe, _, tried = fi.tune_nprobe(index, sample, db, ids, spec.nprobe)
-        meta["nprobe"] = nprobe
-        print(f"  nprobe {nprobe} (recall@10 of stored vectors by nprobe: {tried})", file=sys.stderr)
+    meta |= {"nprobe": spec.nprobe} if spec.nprobe is not None else {}
     fi.write_index(index, work / "index", meta)
     seconds = time.perf_counter() - t0
     del index
@@ -245,7 +224,8 @@ def main() -> None:
     q = np.ascontiguousarray(np.load(args.queries), dtype=np.float32)
     n, d = x.shape
     ids = np.arange(1, n + 1, dtype=np.int64)
-    corpus = Corpus(x, ids, lats, lons, places(lats, lons), q, exact_topk(x, q, K))
+    truth = fi.exact_top(q, (x[a : a + 200_000] for a in range(0, n, 200_000)), ids)
+    corpus = Corpus(x, ids, lats, lons, places(lats, lons), q, truth)
     print(
         f"{n:,} descriptors of {d} dims ({n // args.rotations:,} tiles x {args.rotations}); {len(q)} queries"
     )
@@ -355,7 +335,7 @@ def region_table(
     groups = list(regions.group_by_region(c.ids, c.lats, c.lons, args.region_km))
     shares = regions.budget_shares([len(m) for _, m in groups], c.x.shape[1], budget)
     for (region, members), share in zip(groups, shares, strict=True):
-        index, meta, s = build_part(c.x[members - 1], members, share, work / region.name)
+        index, meta, s = build_part(c.x[members - 1], members, share, work / region.name, region.name)
         parts.append(IndexPart(index, FlatView.of(index), region.name))
         build_s += s
         ram += fi.index_bytes(index)

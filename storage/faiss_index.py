@@ -240,21 +240,15 @@ def set_nprobe(index: Any, nprobe: int) -> None:
 
 
 def tune_nprobe(
-    index: Any,
-    queries: np.ndarray,
-    db: Iterable[np.ndarray],
-    ids: np.ndarray,
-    most: int,
-    truth: np.ndarray | None = None,
+    index: Any, queries: np.ndarray, truth: np.ndarray, most: int
 ) -> tuple[int, float, list[tuple[int, float]]]:
     """The smallest nprobe (1, 2, 4, ... up to `most`) whose recall@10 against exact search, as
     the service searches (with the exact re-rank when the index keeps its vectors), reaches
     RECALL_TARGET; short of that, the last before recall stops rising (a doubling that gains less
-    than PLATEAU_GAIN), or `most`. Leaves the index probing that many lists.
-    Returns (nprobe, its recall, every (nprobe, recall) tried). `truth`: the queries' exact top
-    ids (`exact_top`), when already known (`db` is then not read)."""
-    k = min(RECALL_K, len(ids))
-    truth = exact_top(queries, db, ids) if truth is None else truth
+    than PLATEAU_GAIN), or `most`. Leaves the index probing that many lists. `truth`: the
+    queries' exact top ids (`exact_top`).
+    Returns (nprobe, its recall, every (nprobe, recall) tried)."""
+    k = truth.shape[1]
     tried: list[tuple[int, float]] = []
     nprobe = 1
     while True:
@@ -295,20 +289,14 @@ def measure_recall(
     rerank: whether to re-rank candidates with the index's exact vectors (`exact_vectors_of`) as
     the service does; None: when the index has them.
     """
-    return measure_recalls(index, queries, db, ids, (rerank,))[0]
+    return measure_recalls(index, queries, exact_top(queries, db, ids), (rerank,))[0]
 
 
 def measure_recalls(
-    index: Any,
-    queries: np.ndarray,
-    db: Iterable[np.ndarray],
-    ids: np.ndarray,
-    reranks: tuple[bool | None, ...] = (False, True),
-    truth: np.ndarray | None = None,
+    index: Any, queries: np.ndarray, truth: np.ndarray, reranks: tuple[bool | None, ...] = (False, True)
 ) -> list[float]:
-    """recall@10 of `index` (`measure_recall`) for each re-rank setting, over one exact search
-    (`truth`, the queries' exact top ids, when already known: `db` is then not read)."""
-    truth = exact_top(queries, db, ids) if truth is None else truth
+    """recall@10 of `index` (`measure_recall`) for each re-rank setting, against the queries'
+    exact top ids `truth` (`exact_top`: one exact search for them all)."""
     k = truth.shape[1]
     return [recall_at_k(search(index, queries, k, rerank)[1], truth) for rerank in reranks]
 
@@ -676,7 +664,7 @@ def index_figures(build_dir: Path, queries: int = 100) -> dict[str, Any]:
     sample = exact.vectors[rows] if exact is not None else _stored_matrix(index, ids[rows])
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     reranks: tuple[bool | None, ...] = (False, True) if exact is not None else (False,)
-    recalls = measure_recalls(index, sample, blocks, ids, reranks)
+    recalls = measure_recalls(index, sample, exact_top(sample, blocks, ids), reranks)
     figures |= {"recall_queries": len(rows), "recall_at_10": recalls[0]}
     if exact is not None:
         figures["recall_at_10_rerank"] = recalls[1]

@@ -68,11 +68,6 @@ def cell_name(row: int, col: int) -> str:
     return f"{row:05d}_{col:05d}"
 
 
-def region_names(lats: np.ndarray, lons: np.ndarray, km: float) -> np.ndarray:
-    """The region (grid cell name, `<row>_<col>`) of each point (degrees), for cells of `km`."""
-    return np.array([cell_name(r, c) for r, c in region_cells(lats, lons, km)], dtype=object)
-
-
 def group_by_region(
     ids: np.ndarray, lats: np.ndarray, lons: np.ndarray, km: float
 ) -> Iterator[tuple[Region, np.ndarray]]:

@@ -139,7 +139,7 @@ def test_rerank_recall_against_brute_force(budget_build: tuple) -> None:
     # the storage-side re-rank (build and info figures) gives the same answer as the service's
     _, stored = fi.search(index, q, 10)
     assert _recall(stored, served) > 0.99
-    recalls = fi.measure_recalls(index, q, iter([x[:5000], x[5000:]]), ids, (False, True))
+    recalls = fi.measure_recalls(index, q, fi.exact_top(q, iter([x[:5000], x[5000:]]), ids), (False, True))
     assert recalls == pytest.approx([plain_recall, _recall(stored, want)], abs=1e-9)
 
 
@@ -148,7 +148,7 @@ def test_nprobe_is_tuned_to_the_fewest_lists_reaching_the_recall_target(budget_b
     index, _ = fi.read_index(folder)
     rng = np.random.default_rng(3)
     q = x[rng.choice(N, 300, replace=False)] + 0.02 * rng.standard_normal((300, D)).astype(np.float32)
-    nprobe, recall, tried = fi.tune_nprobe(index, q, iter([x]), ids, most=64)
+    nprobe, recall, tried = fi.tune_nprobe(index, q, fi.exact_top(q, iter([x]), ids), most=64)
     assert [p for p, _ in tried] == [2**i for i in range(len(tried))] and tried[-1] == (nprobe, recall)
     want = _brute(x, ids, q, 10)
 
@@ -158,7 +158,7 @@ def test_nprobe_is_tuned_to_the_fewest_lists_reaching_the_recall_target(budget_b
 
     assert 1 < nprobe < 64 and faiss.extract_index_ivf(index).nprobe == nprobe
     assert served_recall(nprobe) >= fi.RECALL_TARGET > served_recall(nprobe // 2)
-    assert fi.tune_nprobe(index, q, iter([x]), ids, most=1)[0] == 1  # never more than `most`
+    assert fi.tune_nprobe(index, q, fi.exact_top(q, iter([x]), ids), most=1)[0] == 1  # never more than `most`
 
 
 def test_nprobe_tuning_stops_where_recall_stops_rising(budget_build: tuple) -> None:
@@ -176,7 +176,7 @@ def test_nprobe_tuning_stops_where_recall_stops_rising(budget_build: tuple) -> N
         fi.set_nprobe(index, probes)
         return _recall(index.search(q, 10)[1], want)
 
-    nprobe, recall, tried = fi.tune_nprobe(index, q, iter([x]), ids, most=64)
+    nprobe, recall, tried = fi.tune_nprobe(index, q, fi.exact_top(q, iter([x]), ids), most=64)
     assert faiss.extract_index_ivf(index).nprobe == nprobe < 64
     assert recall < fi.RECALL_TARGET and tried[-1][0] == 2 * nprobe
     assert tried[-1][1] - recall < fi.PLATEAU_GAIN  # the doubling that did not pay

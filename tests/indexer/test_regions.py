@@ -36,11 +36,11 @@ def test_regions_are_cells_about_km_wide_at_any_latitude() -> None:
         m_per_deg_lon = math.pi * 6_371_008.8 / 180 * math.cos(math.radians(lat0))
         lons = 10.0 + np.arange(400) * 100.0 / m_per_deg_lon
         lats = lat0 + np.arange(400) * 100.0 / (math.pi * 6_371_008.8 / 180)
-        for names in (
-            regions.region_names(np.full(400, lat0), lons, 5.0),
-            regions.region_names(lats, np.full(400, 10.0), 5.0),
+        for cells in (
+            regions.region_cells(np.full(400, lat0), lons, 5.0),
+            regions.region_cells(lats, np.full(400, 10.0), 5.0),
         ):
-            _, counts = np.unique(names, return_counts=True)
+            _, counts = np.unique(cells, axis=0, return_counts=True)
             inner = counts[1:-1]  # the first and last cells are cut by the line's ends
             assert len(inner) >= 6 and (np.abs(inner - 50) <= 1).all(), (lat0, counts)
 
